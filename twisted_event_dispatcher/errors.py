@@ -1,0 +1,120 @@
+"""
+Every exception the library raises.
+
+Argument errors (a keyword outside the allowed set, an unhashable value, an unknown phase)
+subclass the builtin exception a Python programmer would expect (``ValueError``,
+``TypeError``, ``KeyError``) so that existing ``except`` clauses keep working, and
+:class:`EventDispatcherError` so that callers can catch everything this library raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class EventDispatcherError(Exception):
+    """Base class of every exception raised by twisted_event_dispatcher."""
+
+
+class UnknownKeywordError(EventDispatcherError, ValueError):
+    """A match-spec keyword that the dispatcher does not allow was used."""
+
+    def __init__(self, names: Iterable[str], allowed: Iterable[str], where: str) -> None:
+        self.names = tuple(sorted(names))
+        self.allowed = tuple(sorted(allowed))
+        listed = ", ".join(repr(n) for n in self.names)
+        plural = "s" if len(self.names) > 1 else ""
+        allowed_text = ", ".join(self.allowed) or "(none)"
+        super().__init__(
+            f"unknown match-spec keyword{plural} {listed} in {where}; "
+            f"allowed keywords are: {allowed_text}"
+        )
+
+
+class UnhashableValueError(EventDispatcherError, TypeError):
+    """A match-spec or event keyword was given a value that cannot be hashed."""
+
+    def __init__(self, name: str, value: object, where: str) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(
+            f"value of keyword {name!r} in {where} must be hashable, "
+            f"got unhashable {type(value).__name__}"
+        )
+
+
+class UnknownPhaseError(EventDispatcherError, ValueError):
+    """A handler was registered for a phase the dispatcher was not built with."""
+
+    def __init__(self, phase: object, phases: Iterable[str]) -> None:
+        self.phase = phase
+        self.phases = tuple(phases)
+        super().__init__(f"unknown phase {phase!r}; this dispatcher's phases are {self.phases!r}")
+
+
+class ReservedKeywordError(EventDispatcherError, ValueError):
+    """A match-spec keyword collides with an option name of ``add_event_handler``."""
+
+    def __init__(self, names: Iterable[str], reserved: Iterable[str]) -> None:
+        self.names = tuple(sorted(names))
+        super().__init__(
+            f"match-spec keyword(s) {', '.join(map(repr, self.names))} are reserved for "
+            f"add_event_handler options ({', '.join(sorted(reserved))}); choose other names"
+        )
+
+
+class KeywordInUseError(EventDispatcherError, ValueError):
+    """An allowed keyword cannot be removed while a registered handler's spec names it."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(sorted(names))
+        super().__init__(
+            f"cannot remove match-spec keyword(s) {', '.join(map(repr, self.names))}: "
+            "registered handlers still match on them; remove those handlers first"
+        )
+
+
+class UnknownHandlerError(EventDispatcherError, KeyError):
+    """``remove_event_handler`` was given an id that is not (or no longer) registered."""
+
+    def __init__(self, handler_id: object) -> None:
+        self.handler_id = handler_id
+        super().__init__(handler_id)
+
+    def __str__(self) -> str:
+        return (
+            f"no event handler with id {self.handler_id!r} is registered "
+            "(it was never added, or was already removed)"
+        )
+
+
+class BufferFullError(EventDispatcherError):
+    """An event was fired while the dispatcher was stopped and its buffer was full."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the dispatcher is not running and already buffers {limit} events "
+            "(buffer_size); call start() or raise buffer_size"
+        )
+
+
+class HandlerTimeoutError(EventDispatcherError, TimeoutError):
+    """A handler's Deferred or coroutine did not settle within its timeout; it was cancelled."""
+
+    def __init__(self, handler: object, phase: str, timeout: float) -> None:
+        self.handler = handler
+        self.phase = phase
+        self.timeout = timeout
+        super().__init__(
+            f"handler {handler!r} in phase {phase!r} did not finish within {timeout:g}s "
+            "and was cancelled"
+        )
+
+
+class ReactorThreadError(EventDispatcherError, RuntimeError):
+    """A blocking (crochet) call was made from the reactor thread, where it would deadlock."""
+
+
+class SyncTimeoutError(EventDispatcherError, TimeoutError):
+    """A blocking (crochet) call did not get its result within the given timeout."""

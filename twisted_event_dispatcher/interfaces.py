@@ -1,0 +1,104 @@
+"""
+zope.interface contracts. The docstrings here are the contract; implementations are
+checked against them with :func:`zope.interface.verify.verifyObject` in the tests.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = ["IEventDispatcher"]
+
+
+class IEventDispatcher(Interface):
+    """
+    Dispatches events to handlers selected by a match spec, phase by phase.
+
+    A dispatcher has a fixed ordered tuple of phases (by default ``("before", "during",
+    "after")``) and a set of allowed match-spec keywords. Handlers are registered for one
+    phase with a match spec (keyword -> value). Firing an event with keywords runs, phase
+    by phase, every handler whose spec is a subset of those keywords; every result of a
+    phase (values, Deferreds, coroutines) settles before the next phase starts.
+
+    Every method must be called in the reactor thread (use
+    :class:`twisted_event_dispatcher.sync.BlockingEventDispatcher` from other threads).
+    Bad arguments raise synchronously, before any state changes; outcomes that depend on
+    time or on handlers arrive through the returned Deferred.
+    """
+
+    running = Attribute("True between start() and stop(); events fired while False are buffered.")
+    phases = Attribute("The tuple of phase names, in the order they run.")
+    allowed_match_spec_keywords = Attribute(
+        "frozenset of the keywords match specs and fire_event may use."
+    )
+    handler_count = Attribute("Number of handlers currently registered.")
+
+    def add_event_handler(handler, phase, **match_spec):  # type: ignore[no-untyped-def]
+        """
+        Register ``handler`` to be called as ``handler(event)`` in ``phase`` for every event
+        whose keywords include all of ``match_spec`` with equal values (a value may be
+        :class:`~twisted_event_dispatcher.AnyOf`). An empty spec matches every event.
+
+        Options (keyword-only, so these names cannot be match-spec keywords): ``priority``
+        (int, lower runs first within a phase; ties run in registration order), ``times``
+        (remove after that many calls), ``once`` (``times=1``), ``weak`` (hold the handler
+        by weak reference; it is removed when collected), ``timeout`` (seconds; a handler
+        whose Deferred or coroutine has not settled by then is cancelled and reported as a
+        :class:`~twisted_event_dispatcher.errors.HandlerTimeoutError`).
+
+        The handler takes part from the next event fired; events already in flight keep
+        the handlers they were fired with.
+
+        :raises TypeError: ``handler`` is not callable, a value is unhashable, or an option
+            has the wrong type.
+        :raises ValueError: unknown phase or keyword, or an option out of range.
+        :return: Deferred firing with the new handler's id (an int never reused).
+        """
+
+    def remove_event_handler(handler_id):  # type: ignore[no-untyped-def]
+        """
+        Remove a handler. Events in flight whose phase for it has not started yet skip it.
+
+        :raises KeyError: (:class:`~twisted_event_dispatcher.errors.UnknownHandlerError`)
+            the id is not registered.
+        :return: Deferred firing with None once removed.
+        """
+
+    def has_handler(handler_id):  # type: ignore[no-untyped-def]
+        """True if a handler with that id is currently registered."""
+
+    def fire_event(event, **keywords):  # type: ignore[no-untyped-def]
+        """
+        Run ``event`` through every phase for the handlers matching ``keywords``.
+
+        The matching handlers are chosen when the event is dispatched. Within a phase they
+        are started in (priority, registration) order and run concurrently; a failing
+        handler never stops the others and is logged once. If the dispatcher is not
+        running the event is buffered (bounded) and dispatched in order by ``start()``.
+
+        :raises ValueError: a keyword is not allowed.
+        :raises TypeError: a keyword's value is unhashable.
+        :return: Deferred firing with a :class:`~twisted_event_dispatcher.FireResult`
+            (every handler's outcome per phase); it fails with
+            :class:`~twisted_event_dispatcher.errors.BufferFullError` if the dispatcher is
+            stopped and its buffer is full.
+        """
+
+    def start():  # type: ignore[misc]
+        """Start dispatching: buffered events are dispatched in the order fired. Returns None."""
+
+    def stop():  # type: ignore[misc]
+        """
+        Stop dispatching: new events are buffered from now on.
+
+        :return: Deferred firing with None once every event in flight has finished.
+        """
+
+    def add_match_spec_keywords(*names):  # type: ignore[no-untyped-def]
+        """Allow more match-spec keywords. Reserved option names raise ``ValueError``."""
+
+    def remove_match_spec_keywords(*names):  # type: ignore[no-untyped-def]
+        """
+        Disallow match-spec keywords. Refused with ``ValueError`` if a registered handler's
+        spec still names one, or if one is not allowed in the first place.
+        """
