@@ -148,6 +148,19 @@ class Firing:
                     if d is None:
                         raw.append((reg, fn, True, result))
                         continue
+                    if d.called and not d.paused:
+                        # Already fired and not waiting on another Deferred, so every
+                        # callback has run and ``result`` is final: a success is taken
+                        # without a callback round trip (failures still take the errback
+                        # path below, which consumes and logs them).
+                        value = d.result
+                        if (
+                            value is None
+                            or type(value) in _PLAIN
+                            or not isinstance(value, (Failure, Deferred))
+                        ):
+                            raw.append((reg, fn, True, value))
+                            continue
                     slot = len(raw)
                     raw.append((reg, fn, True, None))
                     if reg.timeout is not None and not d.called:
@@ -202,8 +215,9 @@ class Firing:
         self.failed = True
         _log.failure(
             "event handler {handler!r} (id {handler_id}) failed in phase {phase!r} "
-            "for event {event!r}",
+            "for event {event!r}: {error}",
             failure=failure,
+            error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
             handler=fn,
             handler_id=reg.id,
             phase=reg.phase,
