@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import react
-from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    LogEvent,
+    formatEvent,
+    globalLogBeginner,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -22,10 +29,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = args.command or "demo"
 
-    def text(event: dict[str, object]) -> str:
-        return f"{formatEvent(event)}\n"  # type: ignore[arg-type]
+    def text(event: LogEvent) -> str:
+        return f"{formatEvent(event)}\n"
 
-    globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, text)], redirectStandardIO=False)
+    observer = cast(ILogObserver, FileLogObserver(sys.stdout, text))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     if command == "demo":
         from ._demo import run_demo
 

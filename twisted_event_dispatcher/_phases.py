@@ -44,9 +44,14 @@ class PhaseHost(Protocol):
     def phases(self) -> tuple[str, ...]: ...
 
     _abort_indices: frozenset[int]
-    _clock: IReactorTime
+
+    @property
+    def _clock(self) -> IReactorTime: ...
 
     def _count_call(self, registration: Registration) -> None: ...
+
+    def _landed(self) -> None:
+        """A firing that had to wait (counted in flight) has finished."""
 
 
 async def _await(awaitable: Awaitable[_T]) -> _T:
@@ -74,7 +79,8 @@ class Firing:
         "entries",
         "pos",
         "raw",
-        "waiting",
+        "pending",
+        "cancelled",
         "looping",
         "failed",
         "aborted_phase",
@@ -94,7 +100,8 @@ class Firing:
         self.entries = entries
         self.pos = 0
         self.raw: list[tuple[Registration, Any, bool, Any]] = []
-        self.waiting = 0
+        self.pending: dict[int, Deferred[Any]] = {}
+        self.cancelled = False
         self.looping = False
         self.failed = False
         self.aborted_phase: str | None = None
@@ -104,7 +111,7 @@ class Firing:
         """Run as far as possible; the result if finished, else None (see ``deferred``)."""
         if self._step():
             return FireResult(self.event, self.keywords, self.raw, self.aborted_phase)
-        self.deferred = Deferred()
+        self.deferred = Deferred(self._cancel)
         return None
 
     def _step(self) -> bool:
@@ -116,7 +123,7 @@ class Firing:
         event = self.event
         token = current_host.set(self.host)
         try:
-            while i < count:
+            while i < count and not self.cancelled:
                 phase_index = entries[i].phase_index
                 self.looping = True
                 while i < count:
@@ -167,7 +174,7 @@ class Firing:
                         d.addTimeout(
                             reg.timeout, self.host._clock, onTimeoutCancel=_TimedOut(reg, fn)
                         )
-                    self.waiting += 1
+                    self.pending[slot] = d
                     d.addCallbacks(
                         self._settled,
                         self._settled_failure,
@@ -175,14 +182,11 @@ class Firing:
                         errbackArgs=(slot,),
                     )
                 self.looping = False
-                if self.waiting:
+                if self.pending:
                     self.pos = i
                     return False
-                if self.failed:
-                    self.failed = False
-                    if phase_index in self.host._abort_indices:
-                        self.aborted_phase = self.host.phases[phase_index]
-                        return True
+                if self._aborts(phase_index):
+                    return True
             return True
         finally:
             self.looping = False
@@ -191,25 +195,50 @@ class Firing:
     def _settled(self, value: object, slot: int) -> None:
         reg, fn, _, _ = self.raw[slot]
         self.raw[slot] = (reg, fn, True, value)
-        self._one_settled()
+        self._one_settled(slot)
 
     def _settled_failure(self, failure: Failure, slot: int) -> None:
         reg, fn, _, _ = self.raw[slot]
         self.raw[slot] = (reg, fn, False, failure)
-        self._log_failure(reg, fn, failure)
-        self._one_settled()
+        if not (self.cancelled and failure.check(CancelledError)):
+            self._log_failure(reg, fn, failure)
+        self._one_settled(slot)
 
-    def _one_settled(self) -> None:
-        self.waiting -= 1
-        if self.waiting == 0 and not self.looping:
+    def _one_settled(self, slot: int) -> None:
+        del self.pending[slot]
+        if not self.pending and not self.looping:
             self._resume()
 
+    def _cancel(self, deferred: Deferred[FireResult]) -> None:
+        """
+        Cancelling ``fire_event``'s Deferred cancels the handlers still running in the
+        current phase and skips the later phases; the Deferred fails with CancelledError.
+        """
+        self.cancelled = True
+        for d in list(self.pending.values()):
+            d.cancel()
+
+    def _aborts(self, phase_index: int) -> bool:
+        """At the end of a phase: True if a failure in it cancels the later phases."""
+        if self.cancelled:
+            return True
+        if not self.failed:
+            return False
+        self.failed = False
+        if phase_index in self.host._abort_indices:
+            self.aborted_phase = self.host.phases[phase_index]
+            return True
+        return False
+
     def _resume(self) -> None:
-        if self._step():
+        # The phase that was waiting has just settled; it ended at ``pos``.
+        if self._aborts(self.entries[self.pos - 1].phase_index) or self._step():
             assert self.deferred is not None
-            self.deferred.callback(
-                FireResult(self.event, self.keywords, self.raw, self.aborted_phase)
-            )
+            if not self.cancelled:
+                self.deferred.callback(
+                    FireResult(self.event, self.keywords, self.raw, self.aborted_phase)
+                )
+            self.host._landed()
 
     def _log_failure(self, reg: Registration, fn: object, failure: Failure) -> None:
         self.failed = True
@@ -217,7 +246,8 @@ class Firing:
             "event handler {handler!r} (id {handler_id}) failed in phase {phase!r} "
             "for event {event!r}: {error}",
             failure=failure,
-            error=f"{failure.type.__name__}: {failure.getErrorMessage()}",
+            error=f"{getattr(failure.type, '__name__', failure.type)}: "
+            f"{failure.getErrorMessage()}",
             handler=fn,
             handler_id=reg.id,
             phase=reg.phase,

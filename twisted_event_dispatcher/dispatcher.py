@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.python import threadable
 from zope.interface import implementer
 
@@ -38,7 +38,18 @@ DEFAULT_PHASES: Final = ("before", "during", "after")
 #: Option names of ``add_event_handler``; they cannot be match-spec keywords.
 RESERVED_KEYWORDS: Final = frozenset({"phase", "priority", "times", "once", "weak", "timeout"})
 
-_Buffered = tuple[Any, dict[str, Any], "Deferred[FireResult]"]
+
+
+class _Buffered:
+    """An event fired while stopped: what to dispatch, and the caller's Deferred."""
+
+    __slots__ = ("event", "keywords", "deferred", "dispatched")
+
+    def __init__(self, event: Any, keywords: dict[str, Any]) -> None:
+        self.event = event
+        self.keywords = keywords
+        self.deferred: Deferred[FireResult]
+        self.dispatched: Deferred[FireResult] | None = None
 
 
 class _Unset:
@@ -169,7 +180,7 @@ class EventDispatcher:
         if self._explicit_clock is None:
             from twisted.internet import reactor
 
-            return reactor  # type: ignore[return-value]
+            return reactor
         return self._explicit_clock
 
     def has_handler(self, handler_id: int) -> bool:
@@ -289,12 +300,12 @@ class EventDispatcher:
         # Weakref callbacks run wherever the garbage collector runs; the registry belongs
         # to the reactor thread, so hand the removal over when called from another one.
         registration.active = False
-        if threadable.ioThread is None or threadable.isInIOThread():
+        if getattr(threadable, "ioThread", None) is None or threadable.isInIOThread():
             self._unregister(registration)
         else:
             from twisted.internet import reactor
 
-            reactor.callFromThread(self._unregister, registration)  # type: ignore[attr-defined]
+            cast(IReactorFromThreads, reactor).callFromThread(self._unregister, registration)
 
     # -- firing --------------------------------------------------------------------------
 
@@ -311,33 +322,31 @@ class EventDispatcher:
         result = firing.start()
         if result is not None:
             return succeed(result)
-        d = firing.deferred
-        assert d is not None
         self._in_flight += 1
-        return d.addBoth(self._landed)
+        assert firing.deferred is not None
+        return firing.deferred
 
-    def _landed(self, result: FireResult) -> FireResult:
+    def _landed(self) -> None:
         self._in_flight -= 1
         if not self._in_flight and self._stop_waiters:
             waiters, self._stop_waiters = self._stop_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-        return result
 
     def _enqueue(self, event: Any, keywords: dict[str, Any]) -> Deferred[FireResult]:
         if len(self._buffer) >= self._buffer_size:
             return fail(BufferFullError(self._buffer_size))
-
-        def cancel(d: Deferred[FireResult]) -> None:
-            try:
-                self._buffer.remove(item)
-            except ValueError:
-                pass
-
-        d: Deferred[FireResult] = Deferred(cancel)
-        item = (event, keywords, d)
+        item = _Buffered(event, keywords)
         self._buffer.append(item)
-        return d
+        item.deferred = Deferred(lambda d: self._cancel_buffered(item))
+        return item.deferred
+
+    def _cancel_buffered(self, item: _Buffered) -> None:
+        # Still waiting: drop it. Already dispatched: cancel the firing itself.
+        if item.dispatched is None:
+            self._buffer.remove(item)
+        else:
+            item.dispatched.cancel()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -348,8 +357,9 @@ class EventDispatcher:
         self.running = True
         buffer = self._buffer
         while buffer and self.running:
-            event, keywords, d = buffer.popleft()
-            self._dispatch(event, keywords).chainDeferred(d)
+            item = buffer.popleft()
+            item.dispatched = self._dispatch(item.event, item.keywords)
+            item.dispatched.chainDeferred(item.deferred)
 
     def stop(self) -> Deferred[None]:
         """Stop dispatching; the Deferred fires once the events in flight have finished."""

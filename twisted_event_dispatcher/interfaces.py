@@ -5,7 +5,13 @@ checked against them with :func:`zope.interface.verify.verifyObject` in the test
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+from .results import FireResult
 
 __all__ = ["IEventDispatcher"]
 
@@ -33,7 +39,18 @@ class IEventDispatcher(Interface):
     )
     handler_count = Attribute("Number of handlers currently registered.")
 
-    def add_event_handler(handler, phase, **match_spec):  # type: ignore[no-untyped-def]
+    def add_event_handler(
+        handler: Callable[[Any], object],
+        phase: str,
+        /,
+        *,
+        priority: int = 0,
+        times: int | None = None,
+        once: bool = False,
+        weak: bool = False,
+        timeout: float | None = None,
+        **match_spec: Any,
+    ) -> Deferred[int]:
         """
         Register ``handler`` to be called as ``handler(event)`` in ``phase`` for every event
         whose keywords include all of ``match_spec`` with equal values (a value may be
@@ -55,7 +72,7 @@ class IEventDispatcher(Interface):
         :return: Deferred firing with the new handler's id (an int never reused).
         """
 
-    def remove_event_handler(handler_id):  # type: ignore[no-untyped-def]
+    def remove_event_handler(handler_id: int) -> Deferred[None]:
         """
         Remove a handler. Events in flight whose phase for it has not started yet skip it.
 
@@ -64,10 +81,10 @@ class IEventDispatcher(Interface):
         :return: Deferred firing with None once removed.
         """
 
-    def has_handler(handler_id):  # type: ignore[no-untyped-def]
+    def has_handler(handler_id: int) -> bool:
         """True if a handler with that id is currently registered."""
 
-    def fire_event(event, **keywords):  # type: ignore[no-untyped-def]
+    def fire_event(event: Any, /, **keywords: Any) -> Deferred[FireResult]:
         """
         Run ``event`` through every phase for the handlers matching ``keywords``.
 
@@ -84,20 +101,20 @@ class IEventDispatcher(Interface):
             stopped and its buffer is full.
         """
 
-    def start():  # type: ignore[misc]
+    def start() -> None:
         """Start dispatching: buffered events are dispatched in the order fired. Returns None."""
 
-    def stop():  # type: ignore[misc]
+    def stop() -> Deferred[None]:
         """
         Stop dispatching: new events are buffered from now on.
 
         :return: Deferred firing with None once every event in flight has finished.
         """
 
-    def add_match_spec_keywords(*names):  # type: ignore[no-untyped-def]
+    def add_match_spec_keywords(*names: str) -> None:
         """Allow more match-spec keywords. Reserved option names raise ``ValueError``."""
 
-    def remove_match_spec_keywords(*names):  # type: ignore[no-untyped-def]
+    def remove_match_spec_keywords(*names: str) -> None:
         """
         Disallow match-spec keywords. Refused with ``ValueError`` if a registered handler's
         spec still names one, or if one is not allowed in the first place.

@@ -14,10 +14,11 @@ the global site manager is used otherwise.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from zope.component import getGlobalSiteManager
-from zope.interface.interfaces import ComponentLookupError, IComponents
+from zope.interface.interfaces import ComponentLookupError
+from zope.interface.registry import Components
 
 from .interfaces import IEventDispatcher
 
@@ -29,15 +30,13 @@ __all__ = [
     "unregister_dispatcher",
 ]
 
-_D = TypeVar("_D")
 
-
-def _components(registry: IComponents | None) -> Any:
+def _components(registry: Components | None) -> Any:
     return getGlobalSiteManager() if registry is None else registry
 
 
 def register_dispatcher(
-    dispatcher: object, name: str = "", registry: IComponents | None = None
+    dispatcher: object, name: str = "", registry: Components | None = None
 ) -> None:
     """
     Register ``dispatcher`` as the ``IEventDispatcher`` utility called ``name``.
@@ -49,12 +48,12 @@ def register_dispatcher(
     _components(registry).registerUtility(dispatcher, IEventDispatcher, name)
 
 
-def unregister_dispatcher(name: str = "", registry: IComponents | None = None) -> bool:
+def unregister_dispatcher(name: str = "", registry: Components | None = None) -> bool:
     """Unregister the dispatcher called ``name``; False if none was registered."""
     return bool(_components(registry).unregisterUtility(provided=IEventDispatcher, name=name))
 
 
-def get_dispatcher(name: str = "", registry: IComponents | None = None) -> Any:
+def get_dispatcher(name: str = "", registry: Components | None = None) -> Any:
     """
     The dispatcher registered as ``name``.
 
@@ -64,7 +63,7 @@ def get_dispatcher(name: str = "", registry: IComponents | None = None) -> Any:
 
 
 def query_dispatcher(
-    name: str = "", registry: IComponents | None = None, default: _D | None = None
+    name: str = "", registry: Components | None = None, default: object = None
 ) -> Any:
     """The dispatcher registered as ``name``, or ``default``."""
-    return cast(Any, _components(registry).queryUtility(IEventDispatcher, name, default))
+    return _components(registry).queryUtility(IEventDispatcher, name, default)

@@ -50,7 +50,7 @@ class FireResult:
         self,
         event: Any,
         keywords: Mapping[str, Any],
-        raw: list[tuple[Any, bool, Any]],
+        raw: list[tuple[Any, Any, bool, Any]],
         aborted_phase: str | None,
     ) -> None:
         self.event = event

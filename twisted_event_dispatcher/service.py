@@ -21,12 +21,12 @@ class EventDispatcherService(Service):
     def __init__(self, dispatcher: EventDispatcher, name: str | None = None) -> None:
         self.dispatcher = dispatcher
         if name is not None:
-            self.setName(name)
+            self.setName(name)  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self.dispatcher.start()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         return self.dispatcher.stop()

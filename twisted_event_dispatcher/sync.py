@@ -16,10 +16,9 @@ An application that runs the reactor itself (twistd, or a reactor started by han
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import crochet
-from twisted.internet.defer import Deferred
 from twisted.python import threadable
 
 from ._registration import Handler
@@ -29,12 +28,10 @@ from .results import FireResult
 
 __all__ = ["BlockingEventDispatcher", "call_blocking"]
 
-_T = TypeVar("_T")
-
 
 def call_blocking(
-    function: Callable[..., Deferred[_T] | _T], *args: Any, timeout: float, **kwargs: Any
-) -> _T:
+    function: Callable[..., object], *args: Any, timeout: float, **kwargs: Any
+) -> Any:
     """
     Call ``function(*args, **kwargs)`` in the reactor thread and wait for its result.
 
@@ -51,7 +48,7 @@ def call_blocking(
         )
     eventual = crochet.run_in_reactor(function)(*args, **kwargs)
     try:
-        result: _T = eventual.wait(timeout)
+        result = eventual.wait(timeout)
     except crochet.TimeoutError:
         eventual.cancel()
         raise SyncTimeoutError(

@@ -58,7 +58,12 @@ def failure_result_of(d: Deferred[Any], *expected: type[BaseException]) -> Failu
 def assert_no_result(d: Deferred[Any]) -> None:
     """Assert that ``d`` has not fired (without consuming a result it might get later)."""
     outcome: list[Any] = []
-    d.addBoth(lambda r: (outcome.append(r), r)[1])
+
+    def peek(result: object) -> object:
+        outcome.append(result)
+        return result
+
+    d.addBoth(peek)
     if outcome:
         raise AssertionError(f"{d!r} already has a result: {outcome[0]!r}")
 
