@@ -227,3 +227,48 @@ def test_demo_program_runs() -> None:
     assert "results: [None, None, 'mail sent to alice', '/home/alice', None]" in out
     assert "mallory: <FireResult" in out and "aborted in 'before'" in out
     assert out.index("start()") < out.index("audit log records")
+
+
+@pytest_twisted.ensureDeferred
+async def test_direct_calls_from_another_thread_are_handed_to_the_reactor() -> None:
+    dispatcher = EventDispatcher(("user",))
+    ran_in: list[threading.Thread] = []
+
+    def handler(event: object) -> str:
+        ran_in.append(threading.current_thread())
+        return "ok"
+
+    def from_thread() -> list[Deferred[Any]]:
+        # nothing runs here: each call is queued for the reactor thread, in order
+        results: list[Deferred[Any]] = [dispatcher.add_event_handler(handler, "during")]
+        dispatcher.start()
+        results.append(dispatcher.fire_event("e", user="u"))
+        results.append(dispatcher.remove_event_handler(1))
+        results.append(dispatcher.fire_event("after removal", user="u"))
+        results.append(dispatcher.stop())
+        assert ran_in == []
+        return results
+
+    added, fired, removed, fired_again, stopped = await _in_thread(from_thread)
+    assert await added == 1
+    assert (await fired).results == ["ok"]
+    assert await removed is None
+    assert (await fired_again).handler_count == 0
+    assert await stopped is None
+    assert ran_in == [threading.main_thread()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_input_from_another_thread_still_raises_in_that_thread() -> None:
+    dispatcher = EventDispatcher(("user",))
+
+    def from_thread() -> list[BaseException]:
+        errors: list[BaseException] = []
+        try:
+            dispatcher.fire_event("e", colour="red")
+        except UnknownKeywordError as e:
+            errors.append(e)
+        return errors
+
+    (error,) = await _in_thread(from_thread)
+    assert "colour" in str(error)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
-from twisted.python import threadable
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ._matching import MatchIndex, check_hashable
 from ._phases import Firing, current_host
 from ._registration import Handler, Registration, sort_key
+from ._threads import call_from_thread, foreign_thread, in_reactor
 from .errors import (
     BufferFullError,
     KeywordInUseError,
@@ -237,6 +237,18 @@ class EventDispatcher:
         **match_spec: Any,
     ) -> Deferred[int]:
         """Register ``handler`` for ``phase``; see :class:`IEventDispatcher`."""
+        if foreign_thread():
+            return in_reactor(
+                self.add_event_handler,
+                handler,
+                phase,
+                priority=priority,
+                times=times,
+                once=once,
+                weak=weak,
+                timeout=timeout,
+                **match_spec,
+            )
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         phase_index = self._index_of(phase)
@@ -278,6 +290,8 @@ class EventDispatcher:
 
     def remove_event_handler(self, handler_id: int) -> Deferred[None]:
         """Remove a handler by id; see :class:`IEventDispatcher`."""
+        if foreign_thread():
+            return in_reactor(self.remove_event_handler, handler_id)
         try:
             registration = self._by_id[handler_id]
         except (KeyError, TypeError):
@@ -300,12 +314,10 @@ class EventDispatcher:
         # Weakref callbacks run wherever the garbage collector runs; the registry belongs
         # to the reactor thread, so hand the removal over when called from another one.
         registration.active = False
-        if getattr(threadable, "ioThread", None) is None or threadable.isInIOThread():
-            self._unregister(registration)
+        if foreign_thread():
+            call_from_thread(self._unregister, registration)
         else:
-            from twisted.internet import reactor
-
-            cast(IReactorFromThreads, reactor).callFromThread(self._unregister, registration)
+            self._unregister(registration)
 
     # -- firing --------------------------------------------------------------------------
 
@@ -313,6 +325,11 @@ class EventDispatcher:
         """Fire ``event`` for the handlers matching ``keywords``; see IEventDispatcher."""
         if keywords:
             self._check_keywords(keywords, "fire_event")
+        if foreign_thread():
+            return in_reactor(self._fire_checked, event, keywords)
+        return self._fire_checked(event, keywords)
+
+    def _fire_checked(self, event: Any, keywords: dict[str, Any]) -> Deferred[FireResult]:
         if self.running or current_host.get() is self:
             return self._dispatch(event, keywords)
         return self._enqueue(event, keywords)
@@ -352,6 +369,9 @@ class EventDispatcher:
 
     def start(self) -> None:
         """Start dispatching; buffered events are dispatched in the order fired."""
+        if foreign_thread():
+            call_from_thread(self.start)
+            return
         if self.running:
             return
         self.running = True
@@ -363,6 +383,8 @@ class EventDispatcher:
 
     def stop(self) -> Deferred[None]:
         """Stop dispatching; the Deferred fires once the events in flight have finished."""
+        if foreign_thread():
+            return in_reactor(self.stop)
         self.running = False
         if not self._in_flight:
             return succeed(None)
