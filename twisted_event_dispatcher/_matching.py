@@ -108,7 +108,11 @@ class MatchIndex(Generic[T]):
     def __init__(self, sort_key: Callable[[T], Any]) -> None:
         self._sort_key = sort_key
         self._groups: dict[tuple[str, ...], _Group[T]] = {}
-        self._probe: tuple[_Group[T], ...] = ()
+        # (keyset, getter, table) per group: what a lookup reads, unpacked in one step.
+        self._probe: tuple[
+            tuple[frozenset[str], Callable[[Mapping[str, Any]], Hashable], dict[Hashable, list[T]]],
+            ...,
+        ] = ()
         self._match_all: list[T] = []
         self._where: dict[T, tuple[_Group[T] | None, tuple[Hashable, ...]]] = {}
 
@@ -142,12 +146,12 @@ class MatchIndex(Generic[T]):
         """
         if entry in self._where:
             raise ValueError(f"{entry!r} is already in the index")
-        check_hashable(spec, "match spec")
-        keys = tuple(sorted(spec))
-        if not keys:
+        if not spec:
             self._match_all = self._inserted(self._match_all, entry)
             self._where[entry] = (None, ())
             return
+        check_hashable(spec, "match spec")
+        keys = tuple(sorted(spec))
         choices = [
             sorted(v.values, key=repr) if isinstance(v, AnyOf) else [v]
             for v in (spec[k] for k in keys)
@@ -159,7 +163,7 @@ class MatchIndex(Generic[T]):
         group = self._groups.get(keys)
         if group is None:
             group = self._groups[keys] = _Group(keys)
-            self._probe = tuple(self._groups.values())
+            self._reprobe()
         table = group.table
         for key in bucket_keys:
             table[key] = self._inserted(table.get(key, []), entry)
@@ -169,18 +173,18 @@ class MatchIndex(Generic[T]):
         """Remove ``entry``; ``KeyError`` if absent. Empty buckets and groups are dropped."""
         group, bucket_keys = self._where.pop(entry)
         if group is None:
-            self._match_all = [e for e in self._match_all if e is not entry]
+            self._match_all = self._without(self._match_all, entry)
             return
         table = group.table
         for key in bucket_keys:
-            remaining = [e for e in table[key] if e is not entry]
+            remaining = self._without(table[key], entry)
             if remaining:
                 table[key] = remaining
             else:
                 del table[key]
         if not table:
             del self._groups[group.keys]
-            self._probe = tuple(self._groups.values())
+            self._reprobe()
 
     def lookup(self, keywords: Mapping[str, Hashable]) -> Sequence[T]:
         """
@@ -193,9 +197,9 @@ class MatchIndex(Generic[T]):
         more: list[list[T]] | None = None
         if keywords:
             names = keywords.keys()
-            for group in self._probe:
-                if names >= group.keyset:
-                    bucket = group.table.get(group.getter(keywords))
+            for keyset, getter, table in self._probe:
+                if names >= keyset:
+                    bucket = table.get(getter(keywords))
                     if bucket is not None:
                         if found is None:
                             found = bucket
@@ -207,7 +211,23 @@ class MatchIndex(Generic[T]):
             return sorted(itertools.chain.from_iterable(more), key=self._sort_key)
         return found if found is not None else ()
 
+    def _reprobe(self) -> None:
+        self._probe = tuple((g.keyset, g.getter, g.table) for g in self._groups.values())
+
+    # Buckets are never changed in place (lookups hand them out as snapshots): both helpers
+    # build a new list, with C-level copies in the common cases.
+
     def _inserted(self, bucket: list[T], entry: T) -> list[T]:
+        key = self._sort_key
+        if not bucket or key(bucket[-1]) <= key(entry):
+            return [*bucket, entry]
         copy = list(bucket)
-        insort(copy, entry, key=self._sort_key)
+        insort(copy, entry, key=key)
         return copy
+
+    @staticmethod
+    def _without(bucket: list[T], entry: T) -> list[T]:
+        if bucket[-1] is entry:
+            return bucket[:-1]
+        i = bucket.index(entry)
+        return bucket[:i] + bucket[i + 1 :]

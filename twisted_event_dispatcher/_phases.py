@@ -69,8 +69,154 @@ def as_deferred(value: object) -> Deferred[Any] | None:
     return None
 
 
+def run_phases(
+    host: PhaseHost,
+    event: Any,
+    keywords: dict[str, Any],
+    entries: Sequence[Registration],
+    firing: Firing | None = None,
+) -> FireResult | Firing:
+    """
+    Run ``event`` through the phases of ``entries`` until done or until a phase has to wait.
+
+    Returns the :class:`FireResult` when every phase ran synchronously; otherwise the
+    :class:`Firing` that holds the state and resumes when the phase's results settle. A
+    firing whose handlers are all synchronous never creates a Firing nor a Deferred per
+    handler.
+    """
+    count = len(entries)
+    if firing is None:
+        i = 0
+        raw: list[tuple[Registration, Any, bool, Any]] = []
+    else:
+        # Resuming after the phase that ended at ``pos`` settled: apply the abort policy.
+        i = firing.pos
+        raw = firing.raw
+        if firing.failed:
+            firing.failed = False
+            previous = entries[i - 1].phase_index
+            if previous in host._abort_indices:
+                return _finish(firing, event, keywords, raw, host.phases[previous])
+    failed = False
+    token = current_host.set(host)
+    try:
+        while i < count:
+            phase_index = entries[i].phase_index
+            if firing is not None:
+                firing.looping = True
+            while i < count:
+                reg = entries[i]
+                if reg.phase_index != phase_index:
+                    break
+                i += 1
+                if not reg.active:
+                    continue
+                fn = reg.fn
+                if fn is None:
+                    assert reg.ref is not None
+                    fn = reg.ref()
+                    if fn is None:
+                        continue
+                if reg.times is not None:
+                    host._count_call(reg)
+                try:
+                    result = fn(event)
+                except Exception:
+                    failure = Failure()
+                    raw.append((reg, fn, False, failure))
+                    log_failure(reg, fn, event, failure)
+                    failed = True
+                    continue
+                if result is None or type(result) in _PLAIN:
+                    raw.append((reg, fn, True, result))
+                    continue
+                d = as_deferred(result)
+                if d is None:
+                    raw.append((reg, fn, True, result))
+                    continue
+                if d.called and not d.paused:
+                    # Already fired and not waiting on another Deferred, so every callback
+                    # has run and ``result`` is final: a success is taken without a
+                    # callback round trip (failures take the errback path below, which
+                    # consumes and logs them).
+                    value = d.result
+                    if (
+                        value is None
+                        or type(value) in _PLAIN
+                        or not isinstance(value, (Failure, Deferred))
+                    ):
+                        raw.append((reg, fn, True, value))
+                        continue
+                if firing is None:
+                    firing = Firing(host, event, keywords, entries, raw)
+                    firing.looping = True
+                slot = len(raw)
+                raw.append((reg, fn, True, None))
+                if reg.timeout is not None and not d.called:
+                    d.addTimeout(reg.timeout, host._clock, onTimeoutCancel=_TimedOut(reg, fn))
+                firing.pending[slot] = d
+                d.addCallbacks(
+                    firing._settled,
+                    firing._settled_failure,
+                    callbackArgs=(slot,),
+                    errbackArgs=(slot,),
+                )
+            if firing is not None:
+                firing.looping = False
+                if firing.cancelled:
+                    return firing
+                if firing.pending:
+                    firing.pos = i
+                    firing.failed = firing.failed or failed
+                    return firing
+                failed = failed or firing.failed
+                firing.failed = False
+            if failed:
+                failed = False
+                if phase_index in host._abort_indices:
+                    return _finish(firing, event, keywords, raw, host.phases[phase_index])
+        return _finish(firing, event, keywords, raw, None)
+    finally:
+        current_host.reset(token)
+
+
+def _finish(
+    firing: Firing | None,
+    event: Any,
+    keywords: dict[str, Any],
+    raw: list[tuple[Registration, Any, bool, Any]],
+    aborted_phase: str | None,
+) -> FireResult | Firing:
+    result = FireResult(event, keywords, raw, aborted_phase)
+    if firing is None:
+        return result
+    firing.result = result
+    return firing
+
+
+def log_failure(reg: Registration, fn: object, event: object, failure: Failure) -> None:
+    """Log a handler's failure, once, with the handler, phase and event."""
+    _log.failure(
+        "event handler {handler!r} (id {handler_id}) failed in phase {phase!r} "
+        "for event {event!r}: {error}",
+        failure=failure,
+        error=f"{getattr(failure.type, '__name__', failure.type)}: "
+        f"{failure.getErrorMessage()}",
+        handler=fn,
+        handler_id=reg.id,
+        phase=reg.phase,
+        event=event,
+    )
+
+
 class Firing:
-    """The state of one event moving through its phases."""
+    """
+    The state of an event whose phase had to wait for a Deferred or coroutine.
+
+    ``deferred`` is what ``fire_event`` returned; it fires with the FireResult once the
+    remaining phases have run. Cancelling it cancels the handlers still running in the
+    current phase and skips the later phases (it then fails with CancelledError).
+    """
 
     __slots__ = (
         "host",
@@ -83,7 +229,7 @@ class Firing:
         "cancelled",
         "looping",
         "failed",
-        "aborted_phase",
+        "result",
         "deferred",
     )
 
@@ -93,104 +239,20 @@ class Firing:
         event: Any,
         keywords: dict[str, Any],
         entries: Sequence[Registration],
+        raw: list[tuple[Registration, Any, bool, Any]],
     ) -> None:
         self.host = host
         self.event = event
         self.keywords = keywords
         self.entries = entries
+        self.raw = raw
         self.pos = 0
-        self.raw: list[tuple[Registration, Any, bool, Any]] = []
         self.pending: dict[int, Deferred[Any]] = {}
         self.cancelled = False
         self.looping = False
         self.failed = False
-        self.aborted_phase: str | None = None
-        self.deferred: Deferred[FireResult] | None = None
-
-    def start(self) -> FireResult | None:
-        """Run as far as possible; the result if finished, else None (see ``deferred``)."""
-        if self._step():
-            return FireResult(self.event, self.keywords, self.raw, self.aborted_phase)
-        self.deferred = Deferred(self._cancel)
-        return None
-
-    def _step(self) -> bool:
-        """Run phases until one has to wait; True when the whole firing is done."""
-        entries = self.entries
-        count = len(entries)
-        i = self.pos
-        raw = self.raw
-        event = self.event
-        token = current_host.set(self.host)
-        try:
-            while i < count and not self.cancelled:
-                phase_index = entries[i].phase_index
-                self.looping = True
-                while i < count:
-                    reg = entries[i]
-                    if reg.phase_index != phase_index:
-                        break
-                    i += 1
-                    if not reg.active:
-                        continue
-                    fn = reg.fn
-                    if fn is None:
-                        assert reg.ref is not None
-                        fn = reg.ref()
-                        if fn is None:
-                            continue
-                    if reg.times is not None:
-                        self.host._count_call(reg)
-                    try:
-                        result = fn(event)
-                    except Exception:
-                        failure = Failure()
-                        raw.append((reg, fn, False, failure))
-                        self._log_failure(reg, fn, failure)
-                        continue
-                    if result is None or type(result) in _PLAIN:
-                        raw.append((reg, fn, True, result))
-                        continue
-                    d = as_deferred(result)
-                    if d is None:
-                        raw.append((reg, fn, True, result))
-                        continue
-                    if d.called and not d.paused:
-                        # Already fired and not waiting on another Deferred, so every
-                        # callback has run and ``result`` is final: a success is taken
-                        # without a callback round trip (failures still take the errback
-                        # path below, which consumes and logs them).
-                        value = d.result
-                        if (
-                            value is None
-                            or type(value) in _PLAIN
-                            or not isinstance(value, (Failure, Deferred))
-                        ):
-                            raw.append((reg, fn, True, value))
-                            continue
-                    slot = len(raw)
-                    raw.append((reg, fn, True, None))
-                    if reg.timeout is not None and not d.called:
-                        d.addTimeout(
-                            reg.timeout, self.host._clock, onTimeoutCancel=_TimedOut(reg, fn)
-                        )
-                    self.pending[slot] = d
-                    d.addCallbacks(
-                        self._settled,
-                        self._settled_failure,
-                        callbackArgs=(slot,),
-                        errbackArgs=(slot,),
-                    )
-                self.looping = False
-                if self.pending:
-                    self.pos = i
-                    return False
-                if self._aborts(phase_index):
-                    return True
-            return True
-        finally:
-            self.looping = False
-            current_host.reset(token)
+        self.result: FireResult | None = None
+        self.deferred: Deferred[FireResult] = Deferred(self._cancel)
 
     def _settled(self, value: object, slot: int) -> None:
         reg, fn, _, _ = self.raw[slot]
@@ -201,7 +263,8 @@ class Firing:
         reg, fn, _, _ = self.raw[slot]
         self.raw[slot] = (reg, fn, False, failure)
         if not (self.cancelled and failure.check(CancelledError)):
-            self._log_failure(reg, fn, failure)
+            log_failure(reg, fn, self.event, failure)
+        self.failed = True
         self._one_settled(slot)
 
     def _one_settled(self, slot: int) -> None:
@@ -210,49 +273,19 @@ class Firing:
             self._resume()
 
     def _cancel(self, deferred: Deferred[FireResult]) -> None:
-        """
-        Cancelling ``fire_event``'s Deferred cancels the handlers still running in the
-        current phase and skips the later phases; the Deferred fails with CancelledError.
-        """
         self.cancelled = True
         for d in list(self.pending.values()):
             d.cancel()
 
-    def _aborts(self, phase_index: int) -> bool:
-        """At the end of a phase: True if a failure in it cancels the later phases."""
-        if self.cancelled:
-            return True
-        if not self.failed:
-            return False
-        self.failed = False
-        if phase_index in self.host._abort_indices:
-            self.aborted_phase = self.host.phases[phase_index]
-            return True
-        return False
-
     def _resume(self) -> None:
-        # The phase that was waiting has just settled; it ended at ``pos``.
-        if self._aborts(self.entries[self.pos - 1].phase_index) or self._step():
-            assert self.deferred is not None
-            if not self.cancelled:
-                self.deferred.callback(
-                    FireResult(self.event, self.keywords, self.raw, self.aborted_phase)
-                )
-            self.host._landed()
-
-    def _log_failure(self, reg: Registration, fn: object, failure: Failure) -> None:
-        self.failed = True
-        _log.failure(
-            "event handler {handler!r} (id {handler_id}) failed in phase {phase!r} "
-            "for event {event!r}: {error}",
-            failure=failure,
-            error=f"{getattr(failure.type, '__name__', failure.type)}: "
-            f"{failure.getErrorMessage()}",
-            handler=fn,
-            handler_id=reg.id,
-            phase=reg.phase,
-            event=self.event,
-        )
+        """The waiting phase has settled: run the rest, then report."""
+        if not self.cancelled:
+            run_phases(self.host, self.event, self.keywords, self.entries, self)
+            if self.pending:
+                return
+            assert self.result is not None
+            self.deferred.callback(self.result)
+        self.host._landed()
 
 
 class _TimedOut:

@@ -45,22 +45,22 @@ class Registration:
         spec: Mapping[str, Any],
         times: int | None,
         timeout: float | None,
-        weak: bool,
-        on_collected: Callable[[Registration], None],
+        on_collected: Callable[[Registration], None] | None,
     ) -> None:
+        """``on_collected`` given: hold ``handler`` weakly and call it when collected."""
         self.id = handler_id
         self.phase = phase
         self.phase_index = phase_index
         self.priority = priority
         self.sort_key = (phase_index, priority, handler_id)
-        self.spec = dict(spec)
+        self.spec = spec
         self.times = times
         self.calls = 0
         self.timeout = timeout
         self.active = True
         self.fn: Handler | None
         self.ref: Callable[[], Handler | None] | None
-        if weak:
+        if on_collected is not None:
             self.fn = None
             me = weakref.ref(self)
 

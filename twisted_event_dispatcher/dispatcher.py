@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
+from threading import get_ident
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python import threadable
 from zope.interface import implementer
 
 from ._matching import MatchIndex, check_hashable
-from ._phases import Firing, current_host
+from ._phases import Firing, current_host, run_phases
 from ._registration import Handler, Registration, sort_key
 from ._threads import call_from_thread, foreign_thread, in_reactor
 from .errors import (
@@ -34,6 +36,9 @@ __all__ = ["DEFAULT_PHASES", "RESERVED_KEYWORDS", "EventDispatcher"]
 
 #: The phases a dispatcher runs when none are given, in order.
 DEFAULT_PHASES: Final = ("before", "during", "after")
+
+# twisted.python.threadable, typed loosely: its stub declares ioThread as always None.
+_threadable: Any = threadable
 
 #: Option names of ``add_event_handler``; they cannot be match-spec keywords.
 RESERVED_KEYWORDS: Final = frozenset({"phase", "priority", "times", "once", "weak", "timeout"})
@@ -252,7 +257,9 @@ class EventDispatcher:
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
         phase_index = self._index_of(phase)
-        if isinstance(priority, bool) or not isinstance(priority, int):
+        if type(priority) is not int and (
+            isinstance(priority, bool) or not isinstance(priority, int)
+        ):
             raise TypeError(f"priority must be an int, got {priority!r}")
         if once:
             if times not in (None, 1):
@@ -263,8 +270,9 @@ class EventDispatcher:
                 raise TypeError(f"times must be an int or None, got {times!r}")
             if times < 1:
                 raise ValueError(f"times must be >= 1, got {times}")
-        timeout = self._handler_timeout if isinstance(timeout, _Unset) else _check_timeout(timeout)
-        self._check_keywords(match_spec, "add_event_handler")
+        timeout = self._handler_timeout if timeout is _UNSET else _check_timeout(timeout)
+        if match_spec:
+            self._check_keywords(match_spec, "add_event_handler")
         try:
             registration = Registration(
                 self._next_id,
@@ -275,8 +283,7 @@ class EventDispatcher:
                 match_spec,
                 times,
                 timeout,
-                weak,
-                self._collected,
+                self._collected if weak else None,
             )
         except TypeError:
             raise TypeError(
@@ -324,10 +331,20 @@ class EventDispatcher:
     def fire_event(self, event: Any, /, **keywords: Any) -> Deferred[FireResult]:
         """Fire ``event`` for the handlers matching ``keywords``; see IEventDispatcher."""
         if keywords:
-            self._check_keywords(keywords, "fire_event")
-        if foreign_thread():
+            if not keywords.keys() <= self._allowed:
+                raise UnknownKeywordError(
+                    keywords.keys() - self._allowed, self._allowed, "fire_event"
+                )
+            try:
+                hash(tuple(keywords.values()))
+            except TypeError:
+                check_hashable(keywords, "fire_event")
+        io_thread = _threadable.ioThread  # foreign_thread(), inlined on this hot path
+        if io_thread is not None and io_thread != get_ident():
             return in_reactor(self._fire_checked, event, keywords)
-        return self._fire_checked(event, keywords)
+        if self.running or current_host.get() is self:
+            return self._dispatch(event, keywords)
+        return self._enqueue(event, keywords)
 
     def _fire_checked(self, event: Any, keywords: dict[str, Any]) -> Deferred[FireResult]:
         if self.running or current_host.get() is self:
@@ -335,13 +352,12 @@ class EventDispatcher:
         return self._enqueue(event, keywords)
 
     def _dispatch(self, event: Any, keywords: dict[str, Any]) -> Deferred[FireResult]:
-        firing = Firing(self, event, keywords, self._index.lookup(keywords))
-        result = firing.start()
-        if result is not None:
-            return succeed(result)
+        outcome = run_phases(self, event, keywords, self._index.lookup(keywords))
+        if type(outcome) is FireResult:
+            return succeed(outcome)
+        assert isinstance(outcome, Firing)
         self._in_flight += 1
-        assert firing.deferred is not None
-        return firing.deferred
+        return outcome.deferred
 
     def _landed(self) -> None:
         self._in_flight -= 1
