@@ -98,6 +98,11 @@ class _Group(Generic[T]):
         self.table: dict[Hashable, list[T]] = {}
 
 
+_Probe = tuple[
+    frozenset[str], Callable[[Mapping[str, Any]], Hashable], dict[Hashable, list[T]]
+]
+
+
 class MatchIndex(Generic[T]):
     """
     Entries indexed by match spec; ``lookup(keywords)`` returns the matching ones sorted.
@@ -109,10 +114,7 @@ class MatchIndex(Generic[T]):
         self._sort_key = sort_key
         self._groups: dict[tuple[str, ...], _Group[T]] = {}
         # (keyset, getter, table) per group: what a lookup reads, unpacked in one step.
-        self._probe: tuple[
-            tuple[frozenset[str], Callable[[Mapping[str, Any]], Hashable], dict[Hashable, list[T]]],
-            ...,
-        ] = ()
+        self._probe: tuple[_Probe[T], ...] = ()
         self._match_all: list[T] = []
         self._where: dict[T, tuple[_Group[T] | None, tuple[Hashable, ...]]] = {}
 

@@ -242,7 +242,8 @@ class EventDispatcher:
         **match_spec: Any,
     ) -> Deferred[int]:
         """Register ``handler`` for ``phase``; see :class:`IEventDispatcher`."""
-        if foreign_thread():
+        io_thread = _threadable.ioThread  # foreign_thread(), inlined
+        if io_thread is not None and io_thread != get_ident():
             return in_reactor(
                 self.add_event_handler,
                 handler,
@@ -256,7 +257,9 @@ class EventDispatcher:
             )
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {type(handler).__name__}")
-        phase_index = self._index_of(phase)
+        phase_index = self._phase_index.get(phase) if isinstance(phase, str) else None
+        if phase_index is None:
+            raise UnknownPhaseError(phase, self._phases)
         if type(priority) is not int and (
             isinstance(priority, bool) or not isinstance(priority, int)
         ):
@@ -297,7 +300,8 @@ class EventDispatcher:
 
     def remove_event_handler(self, handler_id: int) -> Deferred[None]:
         """Remove a handler by id; see :class:`IEventDispatcher`."""
-        if foreign_thread():
+        io_thread = _threadable.ioThread  # foreign_thread(), inlined
+        if io_thread is not None and io_thread != get_ident():
             return in_reactor(self.remove_event_handler, handler_id)
         try:
             registration = self._by_id[handler_id]
