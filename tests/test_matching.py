@@ -168,3 +168,13 @@ def test_index_agrees_with_a_naive_matcher(
     assert len(index) == len(live)
     used = {key for _, spec in live.values() for key in spec}
     assert index.keywords_in_use() == used
+
+
+def test_handlers_sharing_a_keyword_set_share_one_probe() -> None:
+    index = make_index()
+    for n in range(1000):
+        index.add(Entry(n), {"k1": n, "k2": n % 7})
+    index.add(Entry(1000), {})
+    # 1000 handlers, two keyword sets: a lookup probes two places, whatever the count
+    assert index.group_count == 2
+    assert [e.n for e in index.lookup({"k1": 14, "k2": 0, "k3": 1})] == [14, 1000]
