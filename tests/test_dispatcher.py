@@ -605,6 +605,30 @@ def test_cancelling_a_firing_cancels_its_handlers_and_skips_later_phases(
     success_result_of(stopped)
 
 
+def test_a_handler_cancelling_its_own_firing_stops_it(dispatcher: EventDispatcher) -> None:
+    gate = DeferredHandler()
+    firings: list[Deferred[FireResult]] = []
+    started: list[str] = []
+
+    def cancel_own_firing(event: str) -> None:
+        started.append("canceller")
+        firings[0].cancel()
+
+    def not_started(event: str) -> Deferred[None]:
+        started.append("too late")
+        return Deferred()
+
+    add(dispatcher, gate, "before")
+    add(dispatcher, cancel_own_firing, "during", priority=1)
+    add(dispatcher, not_started, "during", priority=2)
+    add(dispatcher, RecordingHandler(), "after")
+    firings.append(dispatcher.fire_event("e"))
+    gate.succeed_all()
+    failure_result_of(firings[0], CancelledError)
+    assert started == ["canceller"]
+    assert dispatcher.in_flight_count == 0
+
+
 def test_cancelling_a_buffered_event_after_start_cancels_the_firing(
     make_dispatcher: Make,
 ) -> None:

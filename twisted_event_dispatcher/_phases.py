@@ -5,7 +5,8 @@ Handlers of a phase are started one after another in sort order and run concurre
 next phase starts once every result of the current one has settled. A handler's result may
 be a plain value, a Deferred, a coroutine or another awaitable. Plain values (and
 Deferreds that have already fired) are recorded on the spot: a firing whose handlers are
-all synchronous completes inside ``start()`` without creating a Deferred per handler.
+all synchronous completes inside :func:`run_phases` without creating a Deferred per
+handler, nor a :class:`Firing`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def run_phases(
                 i += 1
                 if not reg.active:
                     continue
+                if firing is not None and firing.cancelled:
+                    break
                 fn = reg.fn
                 if fn is None:
                     assert reg.ref is not None
@@ -281,8 +284,9 @@ class Firing:
         """The waiting phase has settled: run the rest, then report."""
         if not self.cancelled:
             run_phases(self.host, self.event, self.keywords, self.entries, self)
-            if self.pending:
-                return
+        if self.pending:
+            return  # a later phase is waiting, or cancelled handlers have not settled yet
+        if not self.cancelled:
             assert self.result is not None
             self.deferred.callback(self.result)
         self.host._landed()
