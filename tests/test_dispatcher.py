@@ -711,7 +711,7 @@ def test_weak_handlers_are_really_removed_when_collected(
     assert not dispatcher.has_handler(method_id)
     assert not dispatcher.has_handler(function_id)
     assert dispatcher.handler_count == 0
-    assert dispatcher._index.bucket_count == 0
+    assert dispatcher._handlers.index.bucket_count == 0
     assert fire(dispatcher, "gone", role="r").handler_count == 0
 
 

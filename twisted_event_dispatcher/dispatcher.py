@@ -17,9 +17,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python import threadable
 from zope.interface import implementer
 
-from ._matching import MatchIndex, check_hashable
+from ._matching import check_hashable
 from ._phases import Firing, current_host, run_phases
-from ._registration import Handler, Registration, sort_key
+from ._registration import Handler, Registration
+from ._registry import HandlerRegistry
 from ._threads import call_from_thread, foreign_thread, in_reactor
 from .errors import (
     BufferFullError,
@@ -145,9 +146,7 @@ class EventDispatcher:
         self._handler_timeout = _check_timeout(handler_timeout)
         self._buffer_size = buffer_size
         self._explicit_clock = clock
-        self._index: MatchIndex[Registration] = MatchIndex(sort_key)
-        self._by_id: dict[int, Registration] = {}
-        self._next_id = 1
+        self._handlers = HandlerRegistry()
         self._buffer: deque[_Buffered] = deque()
         self._in_flight = 0
         self._stop_waiters: list[Deferred[None]] = []
@@ -168,7 +167,7 @@ class EventDispatcher:
     @property
     def handler_count(self) -> int:
         """Number of handlers currently registered."""
-        return len(self._by_id)
+        return len(self._handlers)
 
     @property
     def buffered_count(self) -> int:
@@ -190,13 +189,13 @@ class EventDispatcher:
 
     def has_handler(self, handler_id: int) -> bool:
         """True if a handler with that id is currently registered."""
-        return handler_id in self._by_id
+        return handler_id in self._handlers
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return (
             f"<EventDispatcher {state} phases={self._phases!r} "
-            f"keywords={sorted(self._allowed)!r} handlers={len(self._by_id)}>"
+            f"keywords={sorted(self._allowed)!r} handlers={len(self._handlers)}>"
         )
 
     # -- keywords ------------------------------------------------------------------------
@@ -210,7 +209,8 @@ class EventDispatcher:
         unknown = set(names) - self._allowed
         if unknown:
             raise UnknownKeywordError(unknown, self._allowed, "remove_match_spec_keywords")
-        in_use = self._index.keywords_in_use().intersection(names)
+        self._handlers.reap()
+        in_use = self._handlers.index.keywords_in_use().intersection(names)
         if in_use:
             raise KeywordInUseError(in_use)
         self._allowed = self._allowed - frozenset(names)
@@ -276,26 +276,9 @@ class EventDispatcher:
         timeout = self._handler_timeout if timeout is _UNSET else _check_timeout(timeout)
         if match_spec:
             self._check_keywords(match_spec, "add_event_handler")
-        try:
-            registration = Registration(
-                self._next_id,
-                handler,
-                phase,
-                phase_index,
-                priority,
-                match_spec,
-                times,
-                timeout,
-                self._collected if weak else None,
-            )
-        except TypeError:
-            raise TypeError(
-                f"weak=True needs a weakly referenceable handler; "
-                f"{type(handler).__name__} objects are not"
-            ) from None
-        self._index.add(registration, match_spec)
-        self._next_id += 1
-        self._by_id[registration.id] = registration
+        registration = self._handlers.add(
+            handler, phase, phase_index, priority, match_spec, times, timeout, weak
+        )
         return succeed(registration.id)
 
     def remove_event_handler(self, handler_id: int) -> Deferred[None]:
@@ -303,32 +286,14 @@ class EventDispatcher:
         io_thread = _threadable.ioThread  # foreign_thread(), inlined
         if io_thread is not None and io_thread != get_ident():
             return in_reactor(self.remove_event_handler, handler_id)
-        try:
-            registration = self._by_id[handler_id]
-        except (KeyError, TypeError):
-            raise UnknownHandlerError(handler_id) from None
-        self._unregister(registration)
+        registration = self._handlers.get(handler_id)
+        if registration is None:
+            raise UnknownHandlerError(handler_id)
+        self._handlers.remove(registration)
         return succeed(None)
 
-    def _unregister(self, registration: Registration) -> None:
-        registration.active = False
-        if self._by_id.pop(registration.id, None) is not None:
-            self._index.remove(registration)
-
     def _count_call(self, registration: Registration) -> None:
-        registration.calls += 1
-        assert registration.times is not None
-        if registration.calls >= registration.times:
-            self._unregister(registration)
-
-    def _collected(self, registration: Registration) -> None:
-        # Weakref callbacks run wherever the garbage collector runs; the registry belongs
-        # to the reactor thread, so hand the removal over when called from another one.
-        registration.active = False
-        if foreign_thread():
-            call_from_thread(self._unregister, registration)
-        else:
-            self._unregister(registration)
+        self._handlers.count_call(registration)
 
     # -- firing --------------------------------------------------------------------------
 
@@ -356,7 +321,7 @@ class EventDispatcher:
         return self._enqueue(event, keywords)
 
     def _dispatch(self, event: Any, keywords: dict[str, Any]) -> Deferred[FireResult]:
-        outcome = run_phases(self, event, keywords, self._index.lookup(keywords))
+        outcome = run_phases(self, event, keywords, self._handlers.lookup(keywords))
         if type(outcome) is FireResult:
             return succeed(outcome)
         assert isinstance(outcome, Firing)
