@@ -44,7 +44,8 @@ class PhaseHost(Protocol):
     @property
     def phases(self) -> tuple[str, ...]: ...
 
-    _abort_indices: frozenset[int]
+    @property
+    def _abort_indices(self) -> frozenset[int]: ...
 
     @property
     def _clock(self) -> IReactorTime: ...
@@ -75,10 +76,14 @@ def run_phases(
     event: Any,
     keywords: dict[str, Any],
     entries: Sequence[Registration],
+    call_kwargs: dict[str, Any] | None = None,
     firing: Firing | None = None,
 ) -> FireResult | Firing:
     """
     Run ``event`` through the phases of ``entries`` until done or until a phase has to wait.
+
+    Handlers are called ``handler(event)``, or ``handler(event, **call_kwargs)`` when
+    ``call_kwargs`` is given (signals: ``receiver(sender, **kwargs)``).
 
     Returns the :class:`FireResult` when every phase ran synchronously; otherwise the
     :class:`Firing` that holds the state and resumes when the phase's results settle. A
@@ -123,7 +128,7 @@ def run_phases(
                 if reg.times is not None:
                     host._count_call(reg)
                 try:
-                    result = fn(event)
+                    result = fn(event) if call_kwargs is None else fn(event, **call_kwargs)
                 except Exception:
                     failure = Failure()
                     raw.append((reg, fn, False, failure))
@@ -151,7 +156,7 @@ def run_phases(
                         raw.append((reg, fn, True, value))
                         continue
                 if firing is None:
-                    firing = Firing(host, event, keywords, entries, raw)
+                    firing = Firing(host, event, keywords, entries, raw, call_kwargs)
                     firing.looping = True
                 slot = len(raw)
                 raw.append((reg, fn, True, None))
@@ -226,6 +231,7 @@ class Firing:
         "event",
         "keywords",
         "entries",
+        "call_kwargs",
         "pos",
         "raw",
         "pending",
@@ -243,8 +249,10 @@ class Firing:
         keywords: dict[str, Any],
         entries: Sequence[Registration],
         raw: list[tuple[Registration, Any, bool, Any]],
+        call_kwargs: dict[str, Any] | None,
     ) -> None:
         self.host = host
+        self.call_kwargs = call_kwargs
         self.event = event
         self.keywords = keywords
         self.entries = entries
@@ -283,7 +291,9 @@ class Firing:
     def _resume(self) -> None:
         """The waiting phase has settled: run the rest, then report."""
         if not self.cancelled:
-            run_phases(self.host, self.event, self.keywords, self.entries, self)
+            run_phases(
+                self.host, self.event, self.keywords, self.entries, self.call_kwargs, self
+            )
         if self.pending:
             return  # a later phase is waiting, or cancelled handlers have not settled yet
         if not self.cancelled:

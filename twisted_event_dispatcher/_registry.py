@@ -14,7 +14,7 @@ registrations before its next read or change (:meth:`reap`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
 from ._matching import MatchIndex
 from ._registration import Handler, Registration, sort_key
@@ -23,9 +23,11 @@ from ._registration import Handler, Registration, sort_key
 class HandlerRegistry:
     """Registrations by id and in a :class:`MatchIndex`; ids are never reused."""
 
-    __slots__ = ("index", "_by_id", "_next_id", "_dead")
+    __slots__ = ("index", "_by_id", "_next_id", "_dead", "_on_remove")
 
-    def __init__(self) -> None:
+    def __init__(self, on_remove: Callable[[Registration], None] | None = None) -> None:
+        """``on_remove`` is told of every registration that leaves, whatever the cause."""
+        self._on_remove = on_remove
         self.index: MatchIndex[Registration] = MatchIndex(sort_key)
         self._by_id: dict[int, Registration] = {}
         self._next_id = 1
@@ -79,7 +81,7 @@ class HandlerRegistry:
                 spec,
                 times,
                 timeout,
-                self._collected if weak else None,
+                self.collected if weak else None,
             )
         except TypeError:
             raise TypeError(
@@ -97,6 +99,8 @@ class HandlerRegistry:
         if self._by_id.pop(registration.id, None) is None:
             return False
         self.index.remove(registration)
+        if self._on_remove is not None:
+            self._on_remove(registration)
         return True
 
     def lookup(self, keywords: Mapping[str, Hashable]) -> Sequence[Registration]:
@@ -117,6 +121,7 @@ class HandlerRegistry:
         while self._dead:
             self.remove(self._dead.pop())
 
-    def _collected(self, registration: Registration) -> None:
+    def collected(self, registration: Registration) -> None:
+        """Mark a registration dead (its handler or sender was collected); reaped later."""
         registration.active = False
         self._dead.append(registration)

@@ -321,7 +321,10 @@ class EventDispatcher:
         return self._enqueue(event, keywords)
 
     def _dispatch(self, event: Any, keywords: dict[str, Any]) -> Deferred[FireResult]:
-        outcome = run_phases(self, event, keywords, self._handlers.lookup(keywords))
+        handlers = self._handlers
+        if handlers._dead:
+            handlers.reap()
+        outcome = run_phases(self, event, keywords, handlers.index.lookup(keywords))
         if type(outcome) is FireResult:
             return succeed(outcome)
         assert isinstance(outcome, Firing)

@@ -70,6 +70,10 @@ class FireResult:
             )
         return self._outcomes
 
+    def handler_results(self) -> list[tuple[Callable[[Any], object] | None, Any]]:
+        """``[(handler, result or Failure), ...]`` in start order (what signals return)."""
+        return [(handler, value) for _, handler, _, value in self._raw]
+
     def for_phase(self, phase: str) -> tuple[HandlerOutcome, ...]:
         """The outcomes of one phase."""
         return tuple(o for o in self.outcomes if o.phase == phase)
