@@ -2,10 +2,8 @@
 fire_event against its peers: blinker, PyDispatcher, zope.event and Twisted's own
 system-event triggers (``twisted.internet.base._ThreePhaseEvent``).
 
-Each workload builds every peer once, then times them interleaved, round after round, so
-that all of them see the same machine state; the per-operation time of each is the median
-over the rounds. Ratios are ours / reference peer, measured in the same run. Run with
-``bash scripts/bench`` (``--quick`` for a smoke run); the output is a Markdown table.
+Run with ``bash scripts/bench`` (``--quick`` for a smoke run); see :mod:`bench._harness`
+for how peers are timed. The output is a Markdown table.
 
 This is a benchmark, not a test: nothing here fails the build. Targets are printed next to
 the ratios so a regression is visible.
@@ -13,13 +11,8 @@ the ratios so a regression is visible.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import statistics
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import blinker
 import zope.event
@@ -29,57 +22,7 @@ from twisted.internet.base import _ThreePhaseEvent
 
 from twisted_event_dispatcher import EventDispatcher
 
-Op = Callable[[], object]
-
-
-@dataclass
-class Workload:
-    """A named comparison: per peer, a callable doing ``ops`` operations per call."""
-
-    name: str
-    ops: int
-    reference: str
-    target: float | None
-    target_text: str
-    peers: dict[str, Op] = field(default_factory=dict)
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
-
-
-def timed(function: Op) -> float:
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        function()
-        return time.perf_counter() - start
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def run(workload: Workload, rounds: int) -> dict[str, float]:
-    """Median seconds per operation for each peer, interleaved over ``rounds``."""
-    samples: dict[str, list[float]] = {name: [] for name in workload.peers}
-    for function in workload.peers.values():  # warm up
-        function()
-    for round_number in range(rounds):
-        names = list(workload.peers)
-        if round_number % 2:
-            names.reverse()
-        for name in names:
-            samples[name].append(timed(workload.peers[name]) / workload.ops)
-    for cleanup in workload.cleanup:
-        cleanup()
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def loop(ops: int, operation: Op) -> Op:
-    def many() -> None:
-        for _ in range(ops):
-            operation()
-
-    return many
-
+from ._harness import OURS, Workload, loop, options, report
 
 # -- workloads -----------------------------------------------------------------------------
 
@@ -94,7 +37,7 @@ def sync_handlers(count: int, ops: int, target: float, target_text: str) -> Work
     for handler in handlers:
         ours.add_event_handler(handler, "during")
     ours.start()
-    w.peers["twisted_event_dispatcher"] = loop(ops, lambda: ours.fire_event("e"))
+    w.peers[OURS] = loop(ops, lambda: ours.fire_event("e"))
 
     signal = blinker.Signal()
     for receiver in receivers:
@@ -164,7 +107,7 @@ def selective(count: int, ops: int) -> Workload:
         for user in picks:
             fire("e", user=user)
 
-    w.peers["twisted_event_dispatcher"] = fire_ours
+    w.peers[OURS] = fire_ours
 
     signal = blinker.Signal()
     for sender, receiver in zip(senders, receivers):
@@ -203,7 +146,7 @@ def deferred_handler(ops: int) -> Workload:
     ours = EventDispatcher()
     ours.add_event_handler(lambda event: defer.succeed(None), "before")
     ours.start()
-    w.peers["twisted_event_dispatcher"] = loop(ops, lambda: ours.fire_event("e"))
+    w.peers[OURS] = loop(ops, lambda: ours.fire_event("e"))
 
     trigger: tuple[Callable[[], object], tuple[()], dict[str, object]] = (
         lambda: defer.succeed(None),
@@ -241,7 +184,7 @@ def add_remove(ops: int) -> Workload:
             add(new_handler, "during").addCallback(store)
             remove(results.pop())
 
-    w.peers["twisted_event_dispatcher"] = ours_add_remove
+    w.peers[OURS] = ours_add_remove
 
     signal = blinker.Signal()
     receivers = [lambda sender, **kw: None for _ in range(100)]
@@ -267,63 +210,30 @@ def add_remove(ops: int) -> Workload:
     return w
 
 
-# -- report --------------------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per peer")
-    parser.add_argument("--quick", action="store_true", help="few operations, for a smoke run")
-    args = parser.parse_args(argv)
-    scale = 0.05 if args.quick else 1.0
-    rounds = 3 if args.quick else args.rounds
-
-    def n(ops: int) -> int:
-        return max(10, int(ops * scale))
-
-    # Each workload is built just before it runs (and torn down after), so that peers with
-    # a global registry (PyDispatcher, zope.event) see only that workload's receivers.
-    workloads: list[Callable[[], Workload]] = [
-        lambda: sync_handlers(1, n(20_000), 1.5, "<= 1.5x blinker"),
-        lambda: sync_handlers(100, n(500), 0.5, "<= 0.5x blinker"),
-        lambda: selective(10, n(20_000)),
-        lambda: selective(10_000, n(20_000)),
-        lambda: deferred_handler(n(20_000)),
-        lambda: add_remove(n(20_000)),
-    ]
-    out = sys.stdout.write
-    out(f"Python {sys.version.split()[0]}, {rounds} interleaved rounds, medians\n\n")
-    out("| workload | peer | µs/op | ours / peer | target | met |\n")
-    out("| --- | --- | ---: | ---: | --- | --- |\n")
-    failures = 0
-    per_op: dict[str, dict[str, float]] = {}
-    for build in workloads:
-        workload = build()
-        medians = run(workload, rounds)
-        per_op[workload.name] = medians
-        ours = medians["twisted_event_dispatcher"]
-        for name, seconds in medians.items():
-            ratio = "" if name == "twisted_event_dispatcher" else f"{ours / seconds:.2f}x"
-            target = met = ""
-            if name == workload.reference and workload.target is not None:
-                target = workload.target_text
-                ok = ours / seconds <= workload.target
-                met = "yes" if ok else "**no**"
-                failures += not ok
-            out(
-                f"| {workload.name} | {name} | {seconds * 1e6:.3f} | {ratio} | {target} "
-                f"| {met} |\n"
-            )
+    rounds, n = options("fire_event against its peers", argv)
+    per_op, missed = report(
+        "EventDispatcher.fire_event",
+        [
+            lambda: sync_handlers(1, n(20_000), 1.5, "<= 1.5x blinker"),
+            lambda: sync_handlers(100, n(500), 0.5, "<= 0.5x blinker"),
+            lambda: selective(10, n(20_000)),
+            lambda: selective(10_000, n(20_000)),
+            lambda: deferred_handler(n(20_000)),
+            lambda: add_remove(n(20_000)),
+        ],
+        rounds,
+    )
     small, large = per_op["1 matching among 10"], per_op["1 matching among 10,000"]
-    growth = large["twisted_event_dispatcher"] / small["twisted_event_dispatcher"]
+    growth = large[OURS] / small[OURS]
     blinker_growth = large["blinker"] / small["blinker"]
     ok = growth <= 1.3
-    failures += not ok
-    out(
-        f"\nCost growth from 10 to 10,000 handlers: ours {growth:.2f}x (target <= 1.3x: "
-        f"{'met' if ok else 'MISSED'}), blinker {blinker_growth:.2f}x.\n"
+    missed += not ok
+    sys.stdout.write(
+        f"Cost growth from 10 to 10,000 handlers: ours {growth:.2f}x (target <= 1.3x: "
+        f"{'met' if ok else 'MISSED'}), blinker {blinker_growth:.2f}x.\n\n"
+        f"{missed} target(s) missed.\n\n"
     )
-    out(f"{failures} target(s) missed.\n")
     return 0
 
 

@@ -11,7 +11,9 @@ handler, nor a :class:`Firing`.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Awaitable, Sequence
+from itertools import islice
 from contextvars import ContextVar
 from inspect import iscoroutine
 from typing import Any, Protocol, TypeVar
@@ -46,6 +48,9 @@ class PhaseHost(Protocol):
 
     @property
     def _abort_indices(self) -> frozenset[int]: ...
+
+    #: True if the host needs :data:`current_host` set while its handlers run.
+    _tracks_context: bool
 
     @property
     def _clock(self) -> IReactorTime: ...
@@ -104,17 +109,19 @@ def run_phases(
             if previous in host._abort_indices:
                 return _finish(firing, event, keywords, raw, host.phases[previous])
     failed = False
-    token = current_host.set(host)
+    append = raw.append
+    token = current_host.set(host) if host._tracks_context else None
     try:
         while i < count:
             phase_index = entries[i].phase_index
+            # Entries are sorted by phase first: this phase ends where the next one starts.
+            if entries[count - 1].phase_index == phase_index:
+                end = count
+            else:
+                end = bisect_right(entries, phase_index, i, count, key=_phase_of)
             if firing is not None:
                 firing.looping = True
-            while i < count:
-                reg = entries[i]
-                if reg.phase_index != phase_index:
-                    break
-                i += 1
+            for reg in entries if i == 0 and end == count else islice(entries, i, end):
                 if not reg.active:
                     continue
                 if firing is not None and firing.cancelled:
@@ -131,16 +138,16 @@ def run_phases(
                     result = fn(event) if call_kwargs is None else fn(event, **call_kwargs)
                 except Exception:
                     failure = Failure()
-                    raw.append((reg, fn, False, failure))
+                    append((reg, fn, False, failure))
                     log_failure(reg, fn, event, failure)
                     failed = True
                     continue
                 if result is None or type(result) in _PLAIN:
-                    raw.append((reg, fn, True, result))
+                    append((reg, fn, True, result))
                     continue
                 d = as_deferred(result)
                 if d is None:
-                    raw.append((reg, fn, True, result))
+                    append((reg, fn, True, result))
                     continue
                 if d.called and not d.paused:
                     # Already fired and not waiting on another Deferred, so every callback
@@ -153,13 +160,13 @@ def run_phases(
                         or type(value) in _PLAIN
                         or not isinstance(value, (Failure, Deferred))
                     ):
-                        raw.append((reg, fn, True, value))
+                        append((reg, fn, True, value))
                         continue
                 if firing is None:
                     firing = Firing(host, event, keywords, entries, raw, call_kwargs)
                     firing.looping = True
                 slot = len(raw)
-                raw.append((reg, fn, True, None))
+                append((reg, fn, True, None))
                 if reg.timeout is not None and not d.called:
                     d.addTimeout(reg.timeout, host._clock, onTimeoutCancel=_TimedOut(reg, fn))
                 firing.pending[slot] = d
@@ -169,6 +176,7 @@ def run_phases(
                     callbackArgs=(slot,),
                     errbackArgs=(slot,),
                 )
+            i = end
             if firing is not None:
                 firing.looping = False
                 if firing.cancelled:
@@ -185,7 +193,12 @@ def run_phases(
                     return _finish(firing, event, keywords, raw, host.phases[phase_index])
         return _finish(firing, event, keywords, raw, None)
     finally:
-        current_host.reset(token)
+        if token is not None:
+            current_host.reset(token)
+
+
+def _phase_of(registration: Registration) -> int:
+    return registration.phase_index
 
 
 def _finish(

@@ -106,6 +106,9 @@ class EventDispatcher:
         a :class:`twisted.internet.task.Clock` in tests).
     """
 
+    # fire_event must recognise events fired from inside its own handlers (see stop()).
+    _tracks_context = True
+
     def __init__(
         self,
         allowed_match_spec_keywords: Iterable[str] = (),

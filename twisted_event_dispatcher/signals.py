@@ -87,7 +87,8 @@ _ANY_KEY: Final = ("ANY",)  # a key no sender can have: object senders get (id,)
 
 def _sender_key(sender: object) -> Hashable:
     """str and int senders match by value, other objects by identity (as in blinker)."""
-    if type(sender) is str or type(sender) is int or isinstance(sender, str | int):
+    kind = type(sender)
+    if kind is str or kind is int or isinstance(sender, (str, int)):
         return sender
     try:
         hash(sender)
@@ -122,6 +123,7 @@ class Signal:
     #: A signal runs its receivers in one phase, and never aborts.
     phases: Final = ("send",)
     _abort_indices: Final = frozenset[int]()
+    _tracks_context = False
 
     def __init__(self, doc: str | None = None) -> None:
         if doc:
@@ -258,15 +260,26 @@ class Signal:
         io_thread = _threadable.ioThread
         if io_thread is not None and io_thread != get_ident():
             return in_reactor(self.send, sender, **kwargs)
-        keywords = {"sender": _sender_key(sender)}
+        kind = type(sender)
+        if kind is str or kind is int:
+            keywords = {"sender": sender}
+        elif kind.__hash__ is object.__hash__:  # plain objects: identity, no need to hash
+            keywords = {"sender": (id(sender),)}
+        else:
+            keywords = {"sender": _sender_key(sender)}
         if self._muted:
             return succeed([])
-        entries = self._lookup(keywords)
+        handlers = self._handlers
+        if handlers._dead:
+            with self._lock:
+                handlers.reap()
+        entries = handlers.index.lookup(keywords)
         if not entries:
             return succeed([])
-        outcome = run_phases(self, sender, keywords, entries, kwargs)
+        # receiver(sender) and receiver(sender, **{}) are the same call; the first is faster
+        outcome = run_phases(self, sender, keywords, entries, kwargs or None)
         if type(outcome) is FireResult:
-            return succeed(outcome.handler_results())
+            return succeed([(receiver, value) for _, receiver, _, value in outcome._raw])
         assert not isinstance(outcome, FireResult)
         return outcome.deferred.addCallback(FireResult.handler_results)
 
