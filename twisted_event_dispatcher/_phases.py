@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Awaitable, Sequence
-from itertools import islice
 from contextvars import ContextVar
 from inspect import iscoroutine
+from itertools import islice
 from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred
