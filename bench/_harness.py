@@ -94,7 +94,8 @@ def report(
     :return: per workload, per peer, seconds per operation; and the number of missed targets.
     """
     out = sys.stdout.write
-    out(f"### {title}\n\nPython {sys.version.split()[0]}, {rounds} interleaved rounds, medians\n\n")
+    python = sys.version.split()[0]
+    out(f"### {title}\n\nPython {python}, {rounds} interleaved rounds, medians\n\n")
     out("| workload | peer | µs/op | ours / peer | target | met |\n")
     out("| --- | --- | ---: | ---: | --- | --- |\n")
     missed = 0
