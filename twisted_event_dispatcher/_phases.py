@@ -51,6 +51,8 @@ class PhaseHost(Protocol):
 
     #: True if the host needs :data:`current_host` set while its handlers run.
     _tracks_context: bool
+    #: How log messages name a handler and what it was called for.
+    _log_terms: tuple[str, str]
 
     @property
     def _clock(self) -> IReactorTime: ...
@@ -139,7 +141,7 @@ def run_phases(
                 except Exception:
                     failure = Failure()
                     append((reg, fn, False, failure))
-                    log_failure(reg, fn, event, failure)
+                    log_failure(host, reg, fn, event, failure)
                     failed = True
                     continue
                 if result is None or type(result) in _PLAIN:
@@ -215,11 +217,16 @@ def _finish(
     return firing
 
 
-def log_failure(reg: Registration, fn: object, event: object, failure: Failure) -> None:
+def log_failure(
+    host: PhaseHost, reg: Registration, fn: object, event: object, failure: Failure
+) -> None:
     """Log a handler's failure, once, with the handler, phase and event."""
+    handler_kind, event_kind = host._log_terms
     _log.failure(
-        "event handler {handler!r} (id {handler_id}) failed in phase {phase!r} "
-        "for event {event!r}: {error}",
+        "{handler_kind} {handler!r} (id {handler_id}) failed in phase {phase!r} "
+        "for {event_kind} {event!r}: {error}",
+        handler_kind=handler_kind,
+        event_kind=event_kind,
         failure=failure,
         error=f"{getattr(failure.type, '__name__', failure.type)}: "
         f"{failure.getErrorMessage()}",
@@ -287,7 +294,7 @@ class Firing:
         reg, fn, _, _ = self.raw[slot]
         self.raw[slot] = (reg, fn, False, failure)
         if not (self.cancelled and failure.check(CancelledError)):
-            log_failure(reg, fn, self.event, failure)
+            log_failure(self.host, reg, fn, self.event, failure)
         self.failed = True
         self._one_settled(slot)
 

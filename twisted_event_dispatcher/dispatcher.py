@@ -108,6 +108,7 @@ class EventDispatcher:
 
     # fire_event must recognise events fired from inside its own handlers (see stop()).
     _tracks_context = True
+    _log_terms = ("event handler", "event")
 
     def __init__(
         self,

@@ -124,6 +124,7 @@ class Signal:
     phases: Final = ("send",)
     _abort_indices: Final = frozenset[int]()
     _tracks_context = False
+    _log_terms = ("receiver", "sender")
 
     def __init__(self, doc: str | None = None) -> None:
         if doc:
