@@ -9,12 +9,13 @@ Weakly held handlers that are collected are not unregistered from inside the wea
 callback, which runs wherever the garbage collector happens to run (possibly in the middle
 of an index update, or in another thread): the callback only marks the registration
 inactive, so no firing calls it again, and queues it; the registry drops queued
-registrations before its next read or change (:meth:`reap`).
+registrations before its next read or change (:meth:`reap`; the hosts call it before
+``index.lookup`` when ``_dead`` is not empty).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping
 
 from ._matching import MatchIndex
 from ._registration import Handler, Registration, sort_key
@@ -102,12 +103,6 @@ class HandlerRegistry:
         if self._on_remove is not None:
             self._on_remove(registration)
         return True
-
-    def lookup(self, keywords: Mapping[str, Hashable]) -> Sequence[Registration]:
-        """The registrations matching ``keywords``, in (phase, priority, id) order."""
-        if self._dead:
-            self.reap()
-        return self.index.lookup(keywords)
 
     def count_call(self, registration: Registration) -> None:
         """Count a call of a ``times=N`` handler; unregister it after its last one."""
