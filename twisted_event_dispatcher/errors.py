@@ -118,3 +118,25 @@ class ReactorThreadError(EventDispatcherError, RuntimeError):
 
 class SyncTimeoutError(EventDispatcherError, TimeoutError):
     """A blocking (crochet) call did not get its result within the given timeout."""
+
+
+class ChannelClassError(EventDispatcherError, TypeError):
+    """A channel name is already taken by a channel of another class."""
+
+    def __init__(self, name: str, existing: type, requested: type) -> None:
+        self.name = name
+        super().__init__(
+            f"channel {name!r} already exists as a {existing.__name__}; "
+            f"it cannot also be a {requested.__name__}"
+        )
+
+
+class UnknownChannelError(EventDispatcherError, KeyError):
+    """No channel of that name exists in the registry."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+        super().__init__(name)
+
+    def __str__(self) -> str:
+        return f"no channel named {self.name!r}"

@@ -13,7 +13,7 @@ from zope.interface import Attribute, Interface
 
 from .results import FireResult
 
-__all__ = ["IEventDispatcher"]
+__all__ = ["ICarrier", "IChannel", "IEventDispatcher"]
 
 
 class IEventDispatcher(Interface):
@@ -119,3 +119,67 @@ class IEventDispatcher(Interface):
         Disallow match-spec keywords. Refused with ``ValueError`` if a registered handler's
         spec still names one, or if one is not allowed in the first place.
         """
+
+
+class ICarrier(Interface):
+    """
+    Delivers a channel's messages to one client (a WebSocket connection, an SSE stream).
+
+    ``deliver`` never blocks and never buffers without bound: a carrier keeps a bounded
+    queue and, when its client reads too slowly, applies its overflow policy (drop the
+    oldest messages and tell the client how many, or disconnect it).
+    """
+
+    closed = Attribute("True once the client is gone; channels then drop the carrier.")
+
+    def deliver(message: Any) -> None:
+        """Queue a :class:`~twisted_event_dispatcher.channels.Message` for the client."""
+
+    def on_close(callback: Callable[[Any], object]) -> None:
+        """
+        Call ``callback(carrier)`` once when the client is gone (at once if it already
+        is). Channels use this to unsubscribe a closed carrier everywhere.
+        """
+
+
+class IChannel(Interface):
+    """
+    A named publish/subscribe channel: messages published under an event name are pushed
+    to the carriers subscribed to that name (or to ``"*"``), in publish order, each with a
+    monotonically increasing offset (``id``) and the channel's ``epoch``. A bounded
+    history lets a reconnecting client resume from its last offset, or learn that the gap
+    cannot be filled (new epoch, or offset older than the history).
+    """
+
+    name = Attribute("The channel's name (unique per class within a process).")
+    epoch = Attribute("Changes whenever offsets start over (e.g. the history was lost).")
+    history_size = Attribute("How many recent messages are kept for resuming clients.")
+
+    def publish(key: str, data: Any = None) -> Deferred[Any]:
+        """
+        Publish ``data`` (JSON-encodable) under event name ``key``.
+
+        :raises TypeError: ``data`` is not JSON-encodable, or ``key`` is not a str;
+            nothing is published.
+        :raises ValueError: ``key`` is empty, too long, or reserved.
+        :return: Deferred firing with the published
+            :class:`~twisted_event_dispatcher.channels.Message`.
+        """
+
+    def subscribe(
+        event: str, carrier: ICarrier, since: int | None = None, epoch: str | None = None
+    ) -> Deferred[Any]:
+        """
+        Subscribe ``carrier`` to ``event`` (``"*"``: every event). With ``since``, the
+        result lists the messages after that offset still in the history, or reports a
+        gap. Live messages reach the carrier only after the replay it is handed.
+
+        :return: Deferred firing with a
+            :class:`~twisted_event_dispatcher.channels.Subscription`.
+        """
+
+    def unsubscribe(event: str, carrier: ICarrier) -> bool:
+        """Unsubscribe; False if the carrier was not subscribed to ``event``."""
+
+    def unsubscribe_all(carrier: ICarrier) -> int:
+        """Remove every subscription of ``carrier``; how many there were."""

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 
 __all__ = [
     "DeferredHandler",
+    "RecordingCarrier",
     "RecordingHandler",
     "assert_no_result",
     "captured_failures",
@@ -126,3 +127,41 @@ class DeferredHandler:
     def __repr__(self) -> str:
         pending = sum(1 for _, d in self.calls if not d.called)
         return f"<DeferredHandler {len(self.calls)} call(s), {pending} pending>"
+
+
+class RecordingCarrier:
+    """
+    A carrier that keeps what it is given: ``messages`` (delivered, in order). Subscribe
+    it to a channel to test code that publishes, without a network. ``close()`` behaves
+    like a client going away: channels drop it.
+    """
+
+    def __init__(self) -> None:
+        from zope.interface import alsoProvides
+
+        from .interfaces import ICarrier
+
+        alsoProvides(self, ICarrier)
+        self.closed = False
+        self.messages: list[Any] = []
+        self._close_callbacks: list[Any] = []
+
+    def deliver(self, message: Any) -> None:
+        self.messages.append(message)
+
+    def on_close(self, callback: Any) -> None:
+        if self.closed:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    def close(self) -> None:
+        self.closed = True
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    @property
+    def events(self) -> list[tuple[str, Any]]:
+        """``(event, data)`` of every delivered message."""
+        return [(m.event, m.data) for m in self.messages]

@@ -1,0 +1,189 @@
+"""Channels: registry, publish validation, offsets, history, resume and gaps, fan-out."""
+
+from __future__ import annotations
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from twisted_event_dispatcher.channels import (
+    ChannelRegistry,
+    MemoryChannel,
+    Message,
+    Subscription,
+)
+from twisted_event_dispatcher.errors import ChannelClassError, UnknownChannelError
+from twisted_event_dispatcher.interfaces import ICarrier, IChannel
+from twisted_event_dispatcher.testing import RecordingCarrier, success_result_of
+
+
+def subscribe(
+    channel: MemoryChannel, event: str, carrier: RecordingCarrier, **kw: object
+) -> Subscription:
+    return success_result_of(channel.subscribe(event, carrier, **kw))  # type: ignore[arg-type]
+
+
+def test_interfaces() -> None:
+    assert verifyObject(IChannel, MemoryChannel("news"))
+    assert verifyObject(ICarrier, RecordingCarrier())
+
+
+def test_registry_gives_one_channel_per_name_and_never_resets_it() -> None:
+    channels = ChannelRegistry()
+    news = channels.get("news", history_size=5)
+    success_result_of(news.publish("headline", "one"))
+    again = channels.get("news", history_size=500)
+    assert again is news and news.history_size == 5 and news.last_id == 1
+    assert channels["news"] is news and "news" in channels and list(channels) == ["news"]
+
+    class OtherChannel(MemoryChannel):
+        pass
+
+    with pytest.raises(ChannelClassError, match="'news' already exists as a MemoryChannel"):
+        channels.get("news", OtherChannel)
+    with pytest.raises(UnknownChannelError, match="'sports'") as info:
+        channels["sports"]
+    assert isinstance(info.value, KeyError)
+
+
+def test_publish_delivers_in_order_with_increasing_offsets() -> None:
+    channel = MemoryChannel("news")
+    carrier = RecordingCarrier()
+    subscribe(channel, "headline", carrier)
+    published = [success_result_of(channel.publish("headline", {"n": n})) for n in range(3)]
+    success_result_of(channel.publish("weather", "rain"))
+    assert [m.id for m in published] == [1, 2, 3]
+    assert carrier.messages == published
+    assert all(m.epoch == channel.epoch and m.channel == "news" for m in published)
+    assert published[0].as_dict() == {
+        "type": "event", "id": 1, "epoch": channel.epoch, "channel": "news",
+        "event": "headline", "data": {"n": 0},
+    }
+
+
+def test_wildcard_gets_everything_once() -> None:
+    channel = MemoryChannel("news")
+    everything, both = RecordingCarrier(), RecordingCarrier()
+    subscribe(channel, "*", everything)
+    subscribe(channel, "*", both)
+    subscribe(channel, "weather", both)
+    success_result_of(channel.publish("weather", "sun"))
+    success_result_of(channel.publish("headline", "x"))
+    assert everything.events == [("weather", "sun"), ("headline", "x")]
+    assert both.events == [("weather", "sun"), ("headline", "x")], "no duplicate delivery"
+
+
+@pytest.mark.parametrize(
+    ("key", "data", "error", "match"),
+    [
+        ("e", object(), TypeError, "JSON-encodable"),
+        ("e", float("nan"), TypeError, "JSON-encodable"),
+        ("e", {1: {2, 3}}, TypeError, "JSON-encodable"),
+        (42, None, TypeError, "event name must be a str"),
+        ("", None, ValueError, "empty"),
+        ("*", None, ValueError, "only valid when subscribing"),
+        ("_gap", None, ValueError, "reserved"),
+        ("a\nb", None, ValueError, "control characters"),
+        ("x" * 201, None, ValueError, "longer than 200"),
+    ],
+)
+def test_bad_publish_raises_and_queues_nothing(
+    key: object, data: object, error: type[Exception], match: str
+) -> None:
+    channel = MemoryChannel("news")
+    carrier = RecordingCarrier()
+    subscribe(channel, "*", carrier)
+    with pytest.raises(error, match=match):
+        channel.publish(key, data)  # type: ignore[arg-type]
+    assert carrier.messages == [] and channel.last_id is None
+    success_result_of(channel.publish("ok"))
+    assert [m.id for m in carrier.messages] == [1], "no offset was used by the failure"
+
+
+def test_bad_subscribe_arguments() -> None:
+    channel = MemoryChannel("news")
+    carrier = RecordingCarrier()
+    with pytest.raises(ValueError, match="since"):
+        channel.subscribe("e", carrier, since=-1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="since"):
+        channel.subscribe("e", carrier, since="3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="epoch"):
+        channel.subscribe("e", carrier, since=1, epoch=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="ICarrier"):
+        channel.subscribe("e", object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        MemoryChannel("")
+    with pytest.raises(ValueError, match="history_size"):
+        MemoryChannel("x", history_size=-1)
+    assert channel.carrier_count == 0
+
+
+def test_resume_replays_exactly_the_missed_messages() -> None:
+    channel = MemoryChannel("news", history_size=10)
+    for n in range(5):
+        success_result_of(channel.publish("a" if n % 2 else "b", n))
+    carrier = RecordingCarrier()
+    result = subscribe(channel, "a", carrier, since=2, epoch=channel.epoch)
+    assert result.gap is None and result.last_id == 5
+    assert [(m.id, m.data) for m in result.replay] == [(4, 3)]
+    everything = subscribe(channel, "*", RecordingCarrier(), since=2)
+    assert [m.id for m in everything.replay] == [3, 4, 5]
+    up_to_date = subscribe(channel, "*", RecordingCarrier(), since=5)
+    assert up_to_date.replay == () and up_to_date.gap is None
+
+
+def test_gaps_expired_epoch_and_unknown_offsets() -> None:
+    channel = MemoryChannel("news", history_size=3)
+    for n in range(6):
+        success_result_of(channel.publish("e", n))
+    expired = subscribe(channel, "e", RecordingCarrier(), since=1)
+    assert expired.gap is not None and expired.gap.reason == "expired"
+    assert expired.gap.oldest == 4 and expired.replay == ()
+    just_in_time = subscribe(channel, "e", RecordingCarrier(), since=3)
+    assert just_in_time.gap is None and [m.id for m in just_in_time.replay] == [4, 5, 6]
+    other_epoch = subscribe(channel, "e", RecordingCarrier(), since=5, epoch="old")
+    assert other_epoch.gap is not None and other_epoch.gap.reason == "epoch"
+    assert other_epoch.gap.epoch == channel.epoch
+    future = subscribe(channel, "e", RecordingCarrier(), since=99)
+    assert future.gap is not None and future.gap.reason == "unknown"
+
+
+def test_a_gapped_subscription_still_gets_live_messages() -> None:
+    channel = MemoryChannel("news", history_size=0)
+    success_result_of(channel.publish("e", 1))
+    carrier = RecordingCarrier()
+    assert subscribe(channel, "e", carrier, since=0).gap is not None
+    success_result_of(channel.publish("e", 2))
+    assert carrier.events == [("e", 2)]
+
+
+def test_a_new_channel_object_has_a_new_epoch() -> None:
+    assert MemoryChannel("x").epoch != MemoryChannel("x").epoch
+
+
+def test_unsubscribe_and_closed_carriers_are_dropped_everywhere() -> None:
+    news, sports = MemoryChannel("news"), MemoryChannel("sports")
+    carrier = RecordingCarrier()
+    subscribe(news, "a", carrier)
+    subscribe(news, "b", carrier)
+    subscribe(sports, "*", carrier)
+    assert news.unsubscribe("a", carrier) is True
+    assert news.unsubscribe("a", carrier) is False
+    success_result_of(news.publish("a", 1))
+    assert carrier.messages == []
+    carrier.close()
+    assert news.carrier_count == 0 and sports.carrier_count == 0
+    assert news.subscribers("b") == [] and sports.subscribers("*") == []
+
+
+def test_message_json_is_built_once_and_matches_as_dict() -> None:
+    import json
+
+    channel = MemoryChannel("news")
+    message: Message = success_result_of(channel.publish("e", {"text": "héllo", "n": [1, 2]}))
+    assert json.loads(message.json) == message.as_dict()
+    assert message.json is message.json
+    calls: list[Message] = []
+    assert message.encoded("k", lambda m: calls.append(m) or "x") == "x"
+    assert message.encoded("k", lambda m: calls.append(m) or "y") == "x"
+    assert calls == [message]
+    assert "news#1" in repr(message)

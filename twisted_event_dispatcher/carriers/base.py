@@ -1,0 +1,166 @@
+"""
+QueueingCarrier: the part every carrier shares — a bounded outgoing queue driven by the
+transport's flow control, an overflow policy, and close notification.
+
+The carrier registers itself as the transport's streaming producer (``IPushProducer``).
+While the transport keeps up, items are written at once; when its buffer fills, Twisted
+calls :meth:`pauseProducing` and items wait in the queue; :meth:`resumeProducing` writes
+them out. The queue is bounded: past ``max_queue`` the policy either drops the oldest
+items (the client is told how many messages it missed before the next one it gets) or
+disconnects the client. So a slow client never slows the others, nor grows memory
+without bound.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..channels.message import Message
+from ..interfaces import ICarrier
+
+__all__ = ["DISCONNECT", "DROP_OLDEST", "QueueingCarrier", "check_queue_options"]
+
+#: Overflow policy: drop the oldest queued items and tell the client how many it missed.
+DROP_OLDEST: Final = "drop_oldest"
+#: Overflow policy: close the connection of a client that cannot keep up.
+DISCONNECT: Final = "disconnect"
+POLICIES: Final = (DROP_OLDEST, DISCONNECT)
+
+_log = Logger(namespace="twisted_event_dispatcher.carriers")
+
+
+def check_queue_options(max_queue: object, overflow: object) -> None:
+    """Validate a carrier's queue bound and overflow policy (also used by factories)."""
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+        raise ValueError(f"max_queue must be an int >= 1, got {max_queue!r}")
+    if overflow not in POLICIES:
+        raise ValueError(f"overflow must be one of {POLICIES}, got {overflow!r}")
+
+
+@implementer(ICarrier, IPushProducer)
+class QueueingCarrier(ABC):
+    """
+    Base class of carriers. Subclasses write with :meth:`_write_message` and
+    :meth:`_write_control`, tell the client about drops in :meth:`_write_dropped`, close
+    in :meth:`_overflowed`, and call :meth:`connection_lost` when the client is gone.
+
+    :param max_queue: how many items may wait while the client is not reading.
+    :param overflow: :data:`DROP_OLDEST` or :data:`DISCONNECT`.
+    """
+
+    def __init__(self, max_queue: int = 1000, overflow: str = DROP_OLDEST) -> None:
+        check_queue_options(max_queue, overflow)
+        self.max_queue = max_queue
+        self.overflow = overflow
+        self.closed = False
+        self._queue: deque[Message | Any] = deque()
+        self._paused = False
+        self._dropped = 0
+        self._close_callbacks: list[Callable[[Any], object]] = []
+
+    # -- ICarrier ------------------------------------------------------------------------
+
+    def deliver(self, message: Message) -> None:
+        """Write ``message`` now, or queue it while the client is not reading."""
+        if self.closed:
+            return
+        if not self._paused and not self._queue:
+            self._write_message(message)
+        else:
+            self._enqueue(message)
+
+    def send_control(self, frame: Any) -> None:
+        """Write a control frame (an answer to the client), in order with messages."""
+        if self.closed:
+            return
+        if not self._paused and not self._queue:
+            self._write_control(frame)
+        else:
+            self._enqueue(frame)
+
+    def on_close(self, callback: Callable[[Any], object]) -> None:
+        """Call ``callback(self)`` once when the client is gone."""
+        if self.closed:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for the client to read."""
+        return len(self._queue)
+
+    # -- IPushProducer -------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def stopProducing(self) -> None:
+        self.connection_lost()
+
+    # -- for subclasses ------------------------------------------------------------------
+
+    def connection_lost(self) -> None:
+        """The client is gone: drop the queue and tell whoever asked (channels)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.clear()
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _log.failure("close callback {callback!r} failed", callback=callback)
+
+    def _enqueue(self, item: Message | Any) -> None:
+        queue = self._queue
+        if len(queue) >= self.max_queue:
+            if self.overflow == DISCONNECT:
+                queue.clear()
+                self._overflowed()
+                return
+            dropped = queue.popleft()
+            if isinstance(dropped, Message):
+                self._dropped += 1
+        queue.append(item)
+
+    def _flush(self) -> None:
+        queue = self._queue
+        while queue and not self._paused and not self.closed:
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                self._write_dropped(dropped)
+                continue
+            item = queue.popleft()
+            if isinstance(item, Message):
+                self._write_message(item)
+            else:
+                self._write_control(item)
+
+    @abstractmethod
+    def _write_message(self, message: Message) -> None:
+        """Write one message to the client."""
+
+    @abstractmethod
+    def _write_control(self, frame: Any) -> None:
+        """Write one control frame to the client."""
+
+    @abstractmethod
+    def _write_dropped(self, count: int) -> None:
+        """Tell the client that ``count`` messages were dropped because it was too slow."""
+
+    @abstractmethod
+    def _overflowed(self) -> None:
+        """The queue is full under the DISCONNECT policy: close the connection."""

@@ -1,0 +1,308 @@
+"""
+The WebSocket carrier, on Autobahn: a server protocol and factory that speak a small JSON
+protocol, one object per text frame, each with a ``"type"``.
+
+Client to server:
+
+* ``{"type": "subscribe", "event": name, "channel": optional, "since": optional offset,
+  "epoch": optional}`` — ``event`` may be ``"*"``; ``channel`` defaults to the endpoint's;
+  with ``since`` the messages after that offset still in the history are replayed first,
+  or a ``gap`` frame says they cannot be;
+* ``{"type": "unsubscribe", "event": name, "channel": optional}``;
+* ``{"type": "ping"}`` (an ``"id"`` is echoed).
+
+Server to client:
+
+* ``{"type": "event", "id", "epoch", "channel", "event", "data"}``;
+* ``{"type": "subscribed", "channel", "event", "epoch", "last_id", "replayed"}``;
+* ``{"type": "unsubscribed", "channel", "event"}``;
+* ``{"type": "gap", "channel", "event", "since", "epoch", "oldest", "reason"}``;
+* ``{"type": "dropped", "count"}`` — the client read too slowly and missed ``count``
+  messages (``drop_oldest`` policy);
+* ``{"type": "error", "reason", "request"?}`` — a bad request; the connection stays open;
+* ``{"type": "pong", "id"?}``.
+
+Malformed JSON, unknown types, bad fields and binary frames get an ``error`` frame; frames
+over the size limit close the connection with 1009 (message too big), a client that cannot
+keep up under the ``disconnect`` policy with 1008 (policy violation). Each event frame is
+encoded once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..channels import registry as default_registry
+from ..channels.base import Channel, Subscription, check_event_name
+from ..channels.message import Message, encode_json
+from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
+
+__all__ = ["EventWebSocketFactory", "EventWebSocketProtocol", "WebSocketCarrier"]
+
+_log = Logger(namespace="twisted_event_dispatcher.websocket")
+
+#: Close code for a client that cannot keep up (the ``disconnect`` policy).
+CLOSE_TOO_SLOW = 1008
+#: Close code when the server shuts down.
+CLOSE_GOING_AWAY = 1001
+
+
+class WebSocketCarrier(QueueingCarrier):
+    """Delivers messages over one WebSocket connection."""
+
+    def __init__(self, protocol: EventWebSocketProtocol, max_queue: int, overflow: str) -> None:
+        super().__init__(max_queue, overflow)
+        self.protocol = protocol
+
+    def _write_message(self, message: Message) -> None:
+        factory = self.protocol.factory
+        prepared = message.encoded(factory, _prepare(factory))
+        self.protocol.sendPreparedMessage(prepared)
+
+    def _write_control(self, frame: Any) -> None:
+        self.protocol.sendMessage(frame)  # type: ignore[no-untyped-call]
+
+    def _write_dropped(self, count: int) -> None:
+        self._write_control(_frame({"type": "dropped", "count": count}))
+
+    def _overflowed(self) -> None:
+        _log.info(
+            "closing {peer}: too slow, {n} messages queued", peer=self.protocol.peer,
+            n=self.max_queue,
+        )
+        self.protocol.sendClose(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
+        self.protocol.dropConnection(abort=True)
+        self.connection_lost()
+
+
+def _prepare(factory: WebSocketServerFactory) -> Callable[[Message], Any]:
+    def prepare(message: Message) -> Any:
+        return factory.prepareMessage(message.json.encode("utf-8"))
+
+    return prepare
+
+
+def _frame(payload: Mapping[str, Any]) -> bytes:
+    return encode_json(payload).encode("utf-8")
+
+
+class _BadRequest(Exception):
+    """A client request that gets an ``error`` frame."""
+
+
+class EventWebSocketProtocol(WebSocketServerProtocol):
+    """One client connection: its subscriptions and its carrier."""
+
+    factory: EventWebSocketFactory
+    carrier: WebSocketCarrier | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        # Raise autobahn's ConnectionDeny from the hook to refuse (e.g. a missing token).
+        if self.factory.authorize is not None:
+            self.factory.authorize(request)
+        self._subscriptions: dict[tuple[str, str], Channel] = {}
+
+    def onOpen(self) -> None:
+        self.carrier = WebSocketCarrier(self, self.factory.max_queue, self.factory.overflow)
+        transport: Any = self.transport
+        # Behind twisted.web (WebSocketResource) the HTTP channel is still registered.
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self.carrier, True)
+        self.factory.connections.add(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.connections.discard(self)
+        if self.carrier is not None:
+            self.carrier.connection_lost()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        request_type = None
+        try:
+            if isBinary:
+                raise _BadRequest("binary frames are not supported; send JSON text frames")
+            try:
+                request = json.loads(payload)
+            except ValueError as e:
+                raise _BadRequest(f"malformed JSON: {e}") from None
+            if not isinstance(request, dict):
+                raise _BadRequest("a request must be a JSON object")
+            request_type = request.get("type")
+            handler = self._handlers.get(request_type) if isinstance(request_type, str) else None
+            if handler is None:
+                raise _BadRequest(
+                    f"unknown request type {request_type!r}; "
+                    "expected 'subscribe', 'unsubscribe' or 'ping'"
+                )
+            handler(self, request)
+        except (_BadRequest, TypeError, ValueError) as e:
+            self._error(str(e), request_type)
+
+    def _subscribe(self, request: dict[str, Any]) -> None:
+        channel, event = self._target(request)
+        since = request.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
+            raise _BadRequest(f"since must be an integer offset, got {since!r}")
+        epoch = request.get("epoch")
+        if epoch is not None and not isinstance(epoch, str):
+            raise _BadRequest(f"epoch must be a string, got {epoch!r}")
+        key = (channel.name, event)
+        if key not in self._subscriptions:
+            if len(self._subscriptions) >= self.factory.max_subscriptions:
+                raise _BadRequest(
+                    f"subscription limit reached ({self.factory.max_subscriptions} "
+                    "per connection)"
+                )
+            self._subscriptions[key] = channel
+        carrier = self.carrier
+        assert carrier is not None
+        d = channel.subscribe(event, carrier, since, epoch)
+        d.addCallbacks(self._subscribed, self._subscribe_failed, errbackArgs=(key,))
+
+    def _subscribed(self, subscription: Subscription) -> None:
+        carrier = self.carrier
+        assert carrier is not None
+        carrier.send_control(
+            _frame(
+                {
+                    "type": "subscribed",
+                    "channel": subscription.channel,
+                    "event": subscription.event,
+                    "epoch": subscription.epoch,
+                    "last_id": subscription.last_id,
+                    "replayed": len(subscription.replay),
+                }
+            )
+        )
+        gap = subscription.gap
+        if gap is not None:
+            carrier.send_control(
+                _frame(
+                    {
+                        "type": "gap",
+                        "channel": subscription.channel,
+                        "event": subscription.event,
+                        "since": gap.since,
+                        "epoch": gap.epoch,
+                        "oldest": gap.oldest,
+                        "reason": gap.reason,
+                    }
+                )
+            )
+        for message in subscription.replay:
+            carrier.deliver(message)
+
+    def _subscribe_failed(self, failure: Failure, key: tuple[str, str]) -> None:
+        self._subscriptions.pop(key, None)
+        _log.failure("subscribe {key} failed", failure=failure, key=key)
+        self._error(f"subscribe failed: {failure.getErrorMessage()}", "subscribe")
+
+    def _unsubscribe(self, request: dict[str, Any]) -> None:
+        channel, event = self._target(request)
+        if self._subscriptions.pop((channel.name, event), None) is None:
+            raise _BadRequest(f"not subscribed to {event!r} on channel {channel.name!r}")
+        carrier = self.carrier
+        assert carrier is not None
+        channel.unsubscribe(event, carrier)
+        carrier.send_control(
+            _frame({"type": "unsubscribed", "channel": channel.name, "event": event})
+        )
+
+    def _ping(self, request: dict[str, Any]) -> None:
+        pong: dict[str, Any] = {"type": "pong"}
+        if "id" in request:
+            pong["id"] = request["id"]
+        assert self.carrier is not None
+        self.carrier.send_control(_frame(pong))
+
+    _handlers: dict[str, Callable[[EventWebSocketProtocol, dict[str, Any]], None]] = {
+        "subscribe": _subscribe,
+        "unsubscribe": _unsubscribe,
+        "ping": _ping,
+    }
+
+    def _target(self, request: dict[str, Any]) -> tuple[Channel, str]:
+        event = request.get("event")
+        if event is None:
+            raise _BadRequest("missing 'event'")
+        check_event_name(event, wildcard=True)
+        name = request.get("channel", self.factory.default_channel)
+        if not isinstance(name, str):
+            raise _BadRequest(f"channel must be a string, got {name!r}")
+        try:
+            channel = self.factory.channels[name]
+        except KeyError:
+            raise _BadRequest(f"unknown channel {name!r}") from None
+        return channel, event
+
+    def _error(self, reason: str, request_type: object = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "reason": reason}
+        if isinstance(request_type, str):
+            frame["request"] = request_type
+        if self.carrier is not None:
+            self.carrier.send_control(_frame(frame))
+
+
+class EventWebSocketFactory(WebSocketServerFactory):
+    """
+    Serves the JSON protocol above; use it with ``listenTCP``/endpoints, or behind
+    twisted.web through :class:`autobahn.twisted.resource.WebSocketResource`.
+
+    :param channels: where channel names are looked up (``registry[name]``; a KeyError
+        means unknown) — the process-wide :data:`~twisted_event_dispatcher.channels.registry`
+        by default.
+    :param default_channel: the channel of requests that name none.
+    :param allowed_origins: Origin patterns accepted at the handshake (others get 403).
+    :param max_subscriptions: subscriptions one connection may hold.
+    :param max_queue: messages queued for a client that is not reading.
+    :param overflow: ``"drop_oldest"`` or ``"disconnect"`` when that queue is full.
+    :param max_message_size: largest frame or message accepted from a client, in bytes.
+    :param authorize: called with each ``ConnectionRequest``; raise
+        :class:`autobahn.websocket.types.ConnectionDeny` to refuse it.
+    """
+
+    protocol = EventWebSocketProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        channels: Any = None,
+        default_channel: str = "events",
+        allowed_origins: Sequence[str] = ("*",),
+        max_subscriptions: int = 100,
+        max_queue: int = 1000,
+        overflow: str = DROP_OLDEST,
+        max_message_size: int = 64 * 1024,
+        authorize: Callable[[ConnectionRequest], None] | None = None,
+    ) -> None:
+        super().__init__(url)  # type: ignore[no-untyped-call]
+        if max_subscriptions < 1:
+            raise ValueError(f"max_subscriptions must be >= 1, got {max_subscriptions}")
+        check_queue_options(max_queue, overflow)
+        self.channels = default_registry if channels is None else channels
+        self.default_channel = default_channel
+        self.max_subscriptions = max_subscriptions
+        self.max_queue = max_queue
+        self.overflow = overflow
+        self.authorize = authorize
+        self.connections: set[EventWebSocketProtocol] = set()
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            allowedOrigins=list(allowed_origins),
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+        )
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server going away") -> None:
+        """Close every connection (e.g. on shutdown) with a going-away code."""
+        for connection in list(self.connections):
+            connection.sendClose(code, reason)

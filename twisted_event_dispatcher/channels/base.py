@@ -1,0 +1,251 @@
+"""
+Channel: named publish/subscribe with offsets, an epoch and a bounded history; and the
+per-process registry that makes channels singletons per name.
+
+Subclasses store messages (:class:`~.memory.MemoryChannel` in this process; a Redis
+stream for several processes) and call :meth:`Channel._fan_out` for every message that
+reaches this process, in offset order; the base class does validation, subscriptions and
+fan-out to carriers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from ..errors import ChannelClassError, UnknownChannelError
+from ..interfaces import ICarrier, IChannel
+from .message import Message, encode_json
+
+__all__ = [
+    "WILDCARD",
+    "Channel",
+    "ChannelRegistry",
+    "Gap",
+    "Subscription",
+    "check_event_name",
+]
+
+#: Subscribe to this event name to receive every event of a channel.
+WILDCARD = "*"
+#: Longest event or channel name accepted.
+MAX_NAME_LENGTH = 200
+
+
+def check_event_name(name: object, what: str = "event name", wildcard: bool = False) -> str:
+    """
+    Validate an event (or channel) name: a non-empty str of at most 200 characters, with
+    no control characters (names travel in SSE ``event:`` lines and JSON), not starting
+    with ``_`` (reserved for control messages) and, unless ``wildcard``, not ``"*"``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if not name.isprintable():
+        raise ValueError(f"{what} {name!r} contains control characters")
+    if name.startswith("_"):
+        raise ValueError(f"{what} {name!r} starts with '_', which is reserved")
+    if name == WILDCARD and not wildcard:
+        raise ValueError(f"{what} '*' is only valid when subscribing")
+    return name
+
+
+class Gap(NamedTuple):
+    """Why the messages after ``since`` cannot be replayed; the client should reload."""
+
+    #: The offset the client asked to resume after.
+    since: int
+    #: ``"epoch"``: offsets started over; ``"expired"``: the history no longer reaches
+    #: back that far; ``"unknown"``: the channel never had that offset.
+    reason: str
+    #: The channel's epoch now.
+    epoch: str
+    #: The oldest offset still in the history (None when the history is empty).
+    oldest: int | None
+
+
+class Subscription(NamedTuple):
+    """What ``subscribe`` did: the messages to replay first, or the gap."""
+
+    channel: str
+    event: str
+    epoch: str
+    #: The channel's latest offset when the subscription began (None: no message yet).
+    last_id: int | None
+    #: Messages after ``since`` to deliver before any live one, oldest first.
+    replay: tuple[Message, ...]
+    gap: Gap | None
+
+
+@implementer(IChannel)
+class Channel(ABC):
+    """
+    Base class: subscriptions, validation and fan-out.
+
+    :param name: the channel's name.
+    :param history_size: how many recent messages to keep for resuming clients.
+    """
+
+    def __init__(self, name: str, history_size: int = 1000) -> None:
+        check_event_name(name, "channel name")
+        if isinstance(history_size, bool) or not isinstance(history_size, int):
+            raise TypeError(f"history_size must be an int, got {history_size!r}")
+        if history_size < 0:
+            raise ValueError(f"history_size must be >= 0, got {history_size}")
+        self.name = name
+        self.history_size = history_size
+        self.epoch = uuid.uuid4().hex[:16]
+        self._subscribers: dict[str, dict[ICarrier, None]] = {}
+        self._carriers: dict[ICarrier, set[str]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.name!r} epoch={self.epoch} "
+            f"carriers={len(self._carriers)}>"
+        )
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def publish(self, key: str, data: Any = None) -> Deferred[Message]:
+        """Publish ``data`` under event name ``key``; see :class:`IChannel`."""
+        check_event_name(key)
+        return self._publish(key, data, encode_json(data))
+
+    @abstractmethod
+    def _publish(self, key: str, data: Any, data_json: str) -> Deferred[Message]:
+        """Store the message, fan it out (now or when it comes back), fire with it."""
+
+    def _fan_out(self, message: Message) -> None:
+        """Deliver ``message`` to every carrier subscribed to its event or to ``"*"``."""
+        named = self._subscribers.get(message.event)
+        everything = self._subscribers.get(WILDCARD)
+        if named and everything:
+            targets: Any = {**named, **everything}  # each carrier once
+        else:
+            targets = named or everything
+            if not targets:
+                return
+        for carrier in list(targets):
+            if carrier.closed:
+                self.unsubscribe_all(carrier)
+            else:
+                carrier.deliver(message)
+
+    # -- subscribing ---------------------------------------------------------------------
+
+    def subscribe(
+        self, event: str, carrier: ICarrier, since: int | None = None, epoch: str | None = None
+    ) -> Deferred[Subscription]:
+        """Subscribe ``carrier`` to ``event``; see :class:`IChannel`."""
+        check_event_name(event, wildcard=True)
+        if not ICarrier.providedBy(carrier):
+            raise TypeError(f"{carrier!r} does not provide ICarrier")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int) or since < 0
+        ):
+            raise ValueError(f"since must be an offset (an int >= 0), got {since!r}")
+        if epoch is not None and not isinstance(epoch, str):
+            raise TypeError(f"epoch must be a str, got {type(epoch).__name__}")
+        return self._subscribe(event, carrier, since, epoch)
+
+    @abstractmethod
+    def _subscribe(
+        self, event: str, carrier: ICarrier, since: int | None, epoch: str | None
+    ) -> Deferred[Subscription]:
+        """Compute the replay (or gap), then :meth:`_add` the carrier, atomically."""
+
+    def _add(self, event: str, carrier: ICarrier) -> None:
+        events = self._carriers.get(carrier)
+        if events is None:
+            events = self._carriers[carrier] = set()
+            carrier.on_close(self.unsubscribe_all)
+        events.add(event)
+        self._subscribers.setdefault(event, {})[carrier] = None
+
+    def unsubscribe(self, event: str, carrier: ICarrier) -> bool:
+        """Unsubscribe ``carrier`` from ``event``; False if it was not subscribed."""
+        subscribers = self._subscribers.get(event)
+        if subscribers is None or carrier not in subscribers:
+            return False
+        del subscribers[carrier]
+        if not subscribers:
+            del self._subscribers[event]
+        events = self._carriers[carrier]
+        events.discard(event)
+        if not events:
+            del self._carriers[carrier]
+        return True
+
+    def unsubscribe_all(self, carrier: ICarrier) -> int:
+        """Remove every subscription of ``carrier``; how many there were."""
+        events = self._carriers.get(carrier, set())
+        for event in list(events):
+            self.unsubscribe(event, carrier)
+        return len(events)
+
+    def subscribers(self, event: str) -> list[ICarrier]:
+        """The carriers subscribed to exactly ``event`` (``"*"`` for the wildcard ones)."""
+        return list(self._subscribers.get(event, ()))
+
+    @property
+    def carrier_count(self) -> int:
+        """Number of distinct carriers with at least one subscription."""
+        return len(self._carriers)
+
+
+class ChannelRegistry:
+    """
+    Channels by name: one per name in a process, so any component can get a channel by
+    name and publish without having it injected. Getting a channel again never resets it.
+    """
+
+    def __init__(self) -> None:
+        self._channels: dict[str, Channel] = {}
+
+    def get(self, name: str, channel_class: type[Channel] | None = None, **options: Any) -> Any:
+        """
+        The channel called ``name``, created with ``channel_class(name, **options)`` on
+        first use (a :class:`~.memory.MemoryChannel` by default); later calls return it
+        as it is (``options`` only apply at creation).
+
+        :raises ChannelClassError: the name exists with another channel class.
+        """
+        if channel_class is None:
+            from .memory import MemoryChannel
+
+            channel_class = MemoryChannel
+        existing = self._channels.get(name)
+        if existing is not None:
+            if type(existing) is not channel_class:
+                raise ChannelClassError(name, type(existing), channel_class)
+            return existing
+        channel = channel_class(name, **options)
+        self._channels[name] = channel
+        return channel
+
+    def __getitem__(self, name: str) -> Channel:
+        try:
+            return self._channels[name]
+        except (KeyError, TypeError):
+            raise UnknownChannelError(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._channels
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._channels))
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def discard(self, name: str) -> None:
+        """Forget a channel (tests, or a channel an application no longer needs)."""
+        self._channels.pop(name, None)
