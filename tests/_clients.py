@@ -36,7 +36,7 @@ class _Waiters:
                 return Deferred.fromCoroutine(_now(frame))
         d: Deferred[Any] = Deferred()
         self._waiting.append((predicate, d))
-        d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        d.addTimeout(timeout, reactor)
         return d
 
     def fail_all(self, reason: Failure) -> None:
@@ -71,7 +71,7 @@ class WSClient(WebSocketClientProtocol):
             self.closed.callback((wasClean, code, reason))
 
     def send_json(self, payload: Any) -> None:
-        self.sendMessage(json.dumps(payload).encode())
+        self.sendMessage(json.dumps(payload).encode())  # type: ignore[no-untyped-call]
 
     def wait(self, predicate: Callable[[Any], bool], timeout: float = 5) -> Deferred[Any]:
         return self.inbox.wait(predicate, timeout)
@@ -91,8 +91,9 @@ async def connect_ws(
         f"ws://127.0.0.1:{port}{path}", origin=origin, headers=headers or {}
     )
     factory.protocol = WSClient
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)  # type: ignore[arg-type]
-    protocol: WSClient = await endpoint.connect(factory)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    protocol = await endpoint.connect(factory)
+    assert isinstance(protocol, WSClient)
     return await protocol.opened
 
 
@@ -127,7 +128,8 @@ class SSEClient(Protocol):
             self.inbox.add(_parse_block(block))
         self.buffer = b""
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        reason = reason or Failure(ConnectionError("connection lost"))
         self.inbox.fail_all(reason)
         if not self.finished.called:
             self.finished.callback(None)
@@ -140,7 +142,9 @@ class SSEClient(Protocol):
                 return value.strip().decode()
         return None
 
-    def wait(self, predicate: Callable[[dict[str, str]], bool], timeout: float = 5) -> Deferred[Any]:
+    def wait(
+        self, predicate: Callable[[dict[str, str]], bool], timeout: float = 5
+    ) -> Deferred[Any]:
         return self.inbox.wait(predicate, timeout)
 
     def events(self, name: str | None = None) -> list[dict[str, str]]:
@@ -182,9 +186,9 @@ async def connect_sse(port: int, target: str, headers: dict[str, str] | None = N
     lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)  # type: ignore[arg-type]
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
     client = SSEClient(request)
     from twisted.internet.protocol import Factory
 
-    protocol: SSEClient = await endpoint.connect(Factory.forProtocol(lambda: client))
-    return protocol
+    await endpoint.connect(Factory.forProtocol(lambda: client))
+    return client

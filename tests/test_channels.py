@@ -103,7 +103,7 @@ def test_bad_subscribe_arguments() -> None:
     channel = MemoryChannel("news")
     carrier = RecordingCarrier()
     with pytest.raises(ValueError, match="since"):
-        channel.subscribe("e", carrier, since=-1)  # type: ignore[arg-type]
+        channel.subscribe("e", carrier, since=-1)
     with pytest.raises(ValueError, match="since"):
         channel.subscribe("e", carrier, since="3")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="epoch"):

@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, capturedLogs
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .interfaces import ICarrier
 
 __all__ = [
     "DeferredHandler",
@@ -129,6 +132,7 @@ class DeferredHandler:
         return f"<DeferredHandler {len(self.calls)} call(s), {pending} pending>"
 
 
+@implementer(ICarrier)
 class RecordingCarrier:
     """
     A carrier that keeps what it is given: ``messages`` (delivered, in order). Subscribe
@@ -137,11 +141,6 @@ class RecordingCarrier:
     """
 
     def __init__(self) -> None:
-        from zope.interface import alsoProvides
-
-        from .interfaces import ICarrier
-
-        alsoProvides(self, ICarrier)
         self.closed = False
         self.messages: list[Any] = []
         self._close_callbacks: list[Any] = []
