@@ -29,9 +29,11 @@ class _Waiters:
                 self._waiting.remove((predicate, d))
                 d.callback(frame)
 
-    def wait(self, predicate: Callable[[Any], bool], timeout: float = 5) -> Deferred[Any]:
-        """The first frame (already received or future) matching ``predicate``."""
-        for frame in self.frames:
+    def wait(
+        self, predicate: Callable[[Any], bool], timeout: float = 5, start: int = 0
+    ) -> Deferred[Any]:
+        """The first frame from index ``start`` on (received or future) matching."""
+        for frame in self.frames[start:]:
             if predicate(frame):
                 return Deferred.fromCoroutine(_now(frame))
         d: Deferred[Any] = Deferred()
@@ -73,11 +75,13 @@ class WSClient(WebSocketClientProtocol):
     def send_json(self, payload: Any) -> None:
         self.sendMessage(json.dumps(payload).encode())  # type: ignore[no-untyped-call]
 
-    def wait(self, predicate: Callable[[Any], bool], timeout: float = 5) -> Deferred[Any]:
-        return self.inbox.wait(predicate, timeout)
+    def wait(
+        self, predicate: Callable[[Any], bool], timeout: float = 5, start: int = 0
+    ) -> Deferred[Any]:
+        return self.inbox.wait(predicate, timeout, start)
 
-    def wait_type(self, kind: str, timeout: float = 5) -> Deferred[Any]:
-        return self.wait(lambda f: isinstance(f, dict) and f.get("type") == kind, timeout)
+    def wait_type(self, kind: str, timeout: float = 5, start: int = 0) -> Deferred[Any]:
+        return self.wait(lambda f: isinstance(f, dict) and f.get("type") == kind, timeout, start)
 
     def events(self) -> list[Any]:
         return [f for f in self.inbox.frames if isinstance(f, dict) and f.get("type") == "event"]

@@ -77,7 +77,7 @@ class WebSocketCarrier(QueueingCarrier):
             "closing {peer}: too slow, {n} messages queued", peer=self.protocol.peer,
             n=self.max_queue,
         )
-        self.protocol.sendClose(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
+        self.protocol.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
         self.protocol.dropConnection(abort=True)
         self.connection_lost()
 
@@ -87,6 +87,27 @@ def _prepare(factory: WebSocketServerFactory) -> Callable[[Message], Any]:
         return factory.prepareMessage(message.json.encode("utf-8"))
 
     return prepare
+
+
+def origin_patterns(origins: Sequence[str]) -> list[str]:
+    """
+    Browser origins (``"https://app.example"``, ``"http://*.example:8080"``, ``"*"``) as
+    Autobahn's patterns, which always carry a port: the scheme's default when none is
+    given.
+    """
+    patterns = []
+    for origin in origins:
+        if origin == "*":
+            patterns.append(origin)
+            continue
+        scheme, sep, rest = origin.partition("://")
+        if not sep or not rest or "/" in rest:
+            raise ValueError(f"an allowed origin looks like 'https://host[:port]', got {origin!r}")
+        if ":" not in rest:
+            default = {"http": 80, "https": 443}.get(scheme.lower())
+            rest = f"{rest}:{default}" if default else f"{rest}:*"
+        patterns.append(f"{scheme.lower()}://{rest}")
+    return patterns
 
 
 def _frame(payload: Mapping[str, Any]) -> bytes:
@@ -117,6 +138,14 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
             transport.unregisterProducer()
         transport.registerProducer(self.carrier, True)
         self.factory.connections.add(self)
+
+    def close_with(self, code: int, reason: str) -> None:
+        """
+        Start the closing handshake with any RFC 6455 code (Autobahn's ``sendClose``
+        only lets applications use 1000 and 3000-4999; 1001 and 1008 are ours to send).
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
@@ -297,12 +326,14 @@ class EventWebSocketFactory(WebSocketServerFactory):
         self.authorize = authorize
         self.connections: set[EventWebSocketProtocol] = set()
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
-            allowedOrigins=list(allowed_origins),
+            allowedOrigins=origin_patterns(allowed_origins),
             maxFramePayloadSize=max_message_size,
             maxMessagePayloadSize=max_message_size,
+            # Tell an abusive client why (e.g. 1009 for a frame too big) before closing.
+            failByDrop=False,
         )
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server going away") -> None:
         """Close every connection (e.g. on shutdown) with a going-away code."""
         for connection in list(self.connections):
-            connection.sendClose(code, reason)
+            connection.close_with(code, reason)
