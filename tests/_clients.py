@@ -110,6 +110,8 @@ class SSEClient(Protocol):
         self.head: bytes | None = None
         self.status: int | None = None
         self.body = b""
+        self.chunked = False
+        self.text = b""
         self.inbox = _Waiters()
         self.finished: Deferred[None] = Deferred()
 
@@ -124,13 +126,17 @@ class SSEClient(Protocol):
                 return
             self.head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
             self.status = int(self.head.split(b" ", 2)[1])
-        self.body += self.buffer
-        chunked = b"transfer-encoding: chunked" in self.head.lower()
-        text = _dechunk(self.body) if chunked else self.body
-        blocks = text.split(b"\n\n")
-        for block in blocks[len(self.inbox.frames) : len(blocks) - 1]:
+            self.chunked = b"transfer-encoding: chunked" in self.head.lower()
+            self.text = b""
+        if self.chunked:
+            decoded, self.buffer = _dechunk(self.buffer)
+        else:
+            decoded, self.buffer = self.buffer, b""
+        self.body += decoded
+        self.text += decoded
+        *blocks, self.text = self.text.split(b"\n\n")
+        for block in blocks:
             self.inbox.add(_parse_block(block))
-        self.buffer = b""
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         reason = reason or Failure(ConnectionError("connection lost"))
@@ -158,18 +164,19 @@ class SSEClient(Protocol):
         ]
 
 
-def _dechunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, sep, rest = body.partition(b"\r\n")
+def _dechunk(data: bytes) -> tuple[bytes, bytes]:
+    """Decode the complete chunks at the start of ``data``; (decoded, the rest)."""
+    out = []
+    while data:
+        size_line, sep, rest = data.partition(b"\r\n")
         if not sep:
             break
         size = int(size_line.split(b";")[0], 16)
         if len(rest) < size + 2:
             break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out
+        out.append(rest[:size])
+        data = rest[size + 2 :]
+    return b"".join(out), data
 
 
 def _parse_block(block: bytes) -> dict[str, str]:
@@ -187,7 +194,12 @@ def _parse_block(block: bytes) -> dict[str, str]:
 
 async def connect_sse(port: int, target: str, headers: dict[str, str] | None = None) -> SSEClient:
     """GET ``target`` from 127.0.0.1:``port`` and stream the response."""
-    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Accept: text/event-stream"]
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Accept: text/event-stream",
+        "Connection: close",  # one request per connection: a refusal ends it
+    ]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)

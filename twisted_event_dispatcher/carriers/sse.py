@@ -1,0 +1,231 @@
+"""
+The Server-Sent Events carrier: a twisted.web resource streaming ``text/event-stream``.
+
+``GET /sse?event=a&event=b&channel=news`` subscribes the stream to events ``a`` and ``b``
+(no ``event``: every event) of a channel (the resource's default one when not named). Each
+message is one block::
+
+    id: <epoch>:<offset>
+    event: <event name>
+    data: {"type": "event", "id": ..., "epoch": ..., "channel": ..., "event": ..., "data": ...}
+
+The stream starts with a ``retry:`` field and a ``_subscribed`` block per event, sends a
+``: keepalive`` comment every ``heartbeat`` seconds, and tells a slow client how many
+messages it missed with a ``_dropped`` block. A browser's ``EventSource`` reconnects by
+itself and sends the last id it saw as ``Last-Event-ID``; the stream then resumes after
+that offset (or sends a ``_gap`` block when it cannot). ``?since=<epoch>:<offset>`` (or a
+bare offset) does the same for clients that are not browsers. Event names starting with
+``_`` are reserved for these control blocks, so they never collide with yours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import gatherResults
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from ..channels import registry as default_registry
+from ..channels.base import WILDCARD, Channel, Subscription, check_event_name
+from ..channels.message import Message, encode_json
+from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
+
+__all__ = ["SSECarrier", "SSEResource", "parse_last_event_id"]
+
+_log = Logger(namespace="twisted_event_dispatcher.sse")
+
+
+def _block(message: Message) -> bytes:
+    return (
+        f"id: {message.epoch}:{message.id}\nevent: {message.event}\ndata: {message.json}\n\n"
+    ).encode()
+
+
+def _control(event: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {encode_json(payload)}\n\n".encode()
+
+
+def parse_last_event_id(value: str) -> tuple[int, str | None]:
+    """
+    ``"<epoch>:<offset>"`` (what this carrier sends as ``id``) or a bare ``"<offset>"``
+    as ``(offset, epoch or None)``; ``ValueError`` otherwise.
+    """
+    epoch, _, offset = value.strip().rpartition(":")
+    if not offset.isdigit() or (epoch and not epoch.isalnum()):
+        raise ValueError(f"expected '<epoch>:<offset>' or '<offset>', got {value!r}")
+    return int(offset), epoch or None
+
+
+class SSECarrier(QueueingCarrier):
+    """Delivers messages as SSE blocks on one streaming HTTP response."""
+
+    def __init__(self, request: Request, max_queue: int, overflow: str) -> None:
+        super().__init__(max_queue, overflow)
+        self.request = request
+
+    def _write_message(self, message: Message) -> None:
+        self.request.write(message.encoded(SSECarrier, _block))
+
+    def _write_control(self, frame: Any) -> None:
+        self.request.write(frame)
+
+    def _write_dropped(self, count: int) -> None:
+        self.request.write(_control("_dropped", {"count": count}))
+
+    def _overflowed(self) -> None:
+        _log.info("closing SSE stream of {peer}: too slow", peer=self.request.getClientAddress())
+        self.connection_lost()
+        transport: Any = self.request.channel.transport if self.request.channel else None
+        if transport is not None:
+            transport.abortConnection()
+
+
+class SSEResource(Resource):
+    """
+    Streams a channel's events as Server-Sent Events.
+
+    :param channels: where channel names are looked up (the process-wide registry by
+        default); a KeyError means unknown.
+    :param default_channel: the channel of requests that name none.
+    :param heartbeat: seconds between keepalive comments (proxies close idle streams).
+    :param retry: milliseconds a browser should wait before reconnecting.
+    :param max_events: events one stream may subscribe to.
+    :param max_queue: messages queued for a client that is not reading.
+    :param overflow: ``"drop_oldest"`` or ``"disconnect"`` when that queue is full.
+    :param authorize: called with each request; return an error message to refuse it
+        with 401, or None to accept.
+    :param clock: for the heartbeat (the reactor by default).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        *,
+        channels: Any = None,
+        default_channel: str = "events",
+        heartbeat: float = 15.0,
+        retry: int = 3000,
+        max_events: int = 100,
+        max_queue: int = 1000,
+        overflow: str = DROP_OLDEST,
+        authorize: Callable[[Request], str | None] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        check_queue_options(max_queue, overflow)
+        if not heartbeat > 0:
+            raise ValueError(f"heartbeat must be positive, got {heartbeat!r}")
+        self.channels = default_registry if channels is None else channels
+        self.default_channel = default_channel
+        self.heartbeat = heartbeat
+        self.retry = retry
+        self.max_events = max_events
+        self.max_queue = max_queue
+        self.overflow = overflow
+        self.authorize = authorize
+        self.clock = clock
+        self.streams: set[SSECarrier] = set()
+
+    def render_GET(self, request: Request) -> bytes | int:
+        if self.authorize is not None:
+            refusal = self.authorize(request)
+            if refusal is not None:
+                return self._refuse(request, 401, refusal)
+        try:
+            channel, events, since, epoch = self._parse(request)
+        except KeyError as e:
+            return self._refuse(request, 400, f"no channel named {e.args[0]!r}")
+        except (TypeError, ValueError) as e:
+            return self._refuse(request, 400, str(e))
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-accel-buffering", b"no")
+        request.write(f"retry: {self.retry}\n\n".encode())
+        carrier = SSECarrier(request, self.max_queue, self.overflow)
+        request.registerProducer(carrier, True)
+        self.streams.add(carrier)
+        heartbeat = LoopingCall(carrier.send_control, b": keepalive\n\n")
+        if self.clock is not None:
+            heartbeat.clock = self.clock
+        heartbeat.start(self.heartbeat, now=False)
+
+        def finished(_: object) -> None:
+            if heartbeat.running:
+                heartbeat.stop()
+            self.streams.discard(carrier)
+            carrier.connection_lost()
+
+        request.notifyFinish().addBoth(finished)
+        subscribed = gatherResults(
+            [channel.subscribe(event, carrier, since, epoch) for event in events],
+            consumeErrors=True,
+        )
+        subscribed.addCallbacks(
+            self._subscribed, self._failed, callbackArgs=(carrier,), errbackArgs=(carrier,)
+        )
+        return NOT_DONE_YET
+
+    def _parse(self, request: Request) -> tuple[Channel, list[str], int | None, str | None]:
+        args = request.args or {}
+        names = [n.decode("utf-8") for n in args.get(b"channel", [])]
+        if len(names) > 1:
+            raise ValueError("give at most one 'channel'")
+        channel: Channel = self.channels[names[0] if names else self.default_channel]
+        events = list(dict.fromkeys(e.decode("utf-8") for e in args.get(b"event", [])))
+        for event in events:
+            check_event_name(event, wildcard=True)
+        if len(events) > self.max_events:
+            raise ValueError(f"at most {self.max_events} events per stream")
+        resume = request.getHeader("last-event-id")
+        if resume is None and b"since" in args:
+            resume = args[b"since"][0].decode("utf-8")
+        since, epoch = parse_last_event_id(resume) if resume else (None, None)
+        return channel, events or [WILDCARD], since, epoch
+
+    def _subscribed(self, subscriptions: list[Subscription], carrier: SSECarrier) -> None:
+        replay: dict[int, Message] = {}
+        for subscription in subscriptions:
+            carrier.send_control(
+                _control(
+                    "_subscribed",
+                    {
+                        "channel": subscription.channel,
+                        "event": subscription.event,
+                        "epoch": subscription.epoch,
+                        "last_id": subscription.last_id,
+                        "replayed": len(subscription.replay),
+                    },
+                )
+            )
+            if subscription.gap is not None:
+                carrier.send_control(
+                    _control("_gap", {"event": subscription.event, **subscription.gap._asdict()})
+                )
+            replay.update((m.id, m) for m in subscription.replay)
+        # several events: their missed messages, merged back into offset order, once each
+        for offset in sorted(replay):
+            carrier.deliver(replay[offset])
+
+    def _failed(self, failure: Failure, carrier: SSECarrier) -> None:
+        _log.failure("SSE subscribe failed", failure=failure)
+        if not carrier.closed:
+            carrier.send_control(_control("_error", {"reason": failure.getErrorMessage()}))
+            carrier.request.finish()
+
+    def _refuse(self, request: Request, code: int, reason: str) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json")
+        return encode_json({"error": reason}).encode("utf-8")
+
+    def close_all(self) -> None:
+        """End every stream (e.g. on shutdown); browsers will try to reconnect."""
+        for carrier in list(self.streams):
+            if not carrier.closed:
+                carrier.request.finish()
