@@ -62,6 +62,8 @@ class QueueingCarrier(ABC):
         self.closed = False
         self._queue: deque[Message | Any] = deque()
         self._paused = False
+        # True while items can be written at once: open, not paused, nothing queued.
+        self._writable = True
         self._dropped = 0
         self._close_callbacks: list[Callable[[Any], object]] = []
 
@@ -69,20 +71,16 @@ class QueueingCarrier(ABC):
 
     def deliver(self, message: Message) -> None:
         """Write ``message`` now, or queue it while the client is not reading."""
-        if self.closed:
-            return
-        if not self._paused and not self._queue:
+        if self._writable:
             self._write_message(message)
-        else:
+        elif not self.closed:
             self._enqueue(message)
 
     def send_control(self, frame: Any) -> None:
         """Write a control frame (an answer to the client), in order with messages."""
-        if self.closed:
-            return
-        if not self._paused and not self._queue:
+        if self._writable:
             self._write_control(frame)
-        else:
+        elif not self.closed:
             self._enqueue(frame)
 
     def on_close(self, callback: Callable[[Any], object]) -> None:
@@ -101,6 +99,7 @@ class QueueingCarrier(ABC):
 
     def pauseProducing(self) -> None:
         self._paused = True
+        self._writable = False
 
     def resumeProducing(self) -> None:
         self._paused = False
@@ -116,6 +115,7 @@ class QueueingCarrier(ABC):
         if self.closed:
             return
         self.closed = True
+        self._writable = False
         self._queue.clear()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
@@ -125,6 +125,7 @@ class QueueingCarrier(ABC):
                 _log.failure("close callback {callback!r} failed", callback=callback)
 
     def _enqueue(self, item: Message | Any) -> None:
+        self._writable = False
         queue = self._queue
         if len(queue) >= self.max_queue:
             if self.overflow == DISCONNECT:
@@ -148,6 +149,7 @@ class QueueingCarrier(ABC):
                 self._write_message(item)
             else:
                 self._write_control(item)
+        self._writable = not (queue or self._paused or self.closed)
 
     @abstractmethod
     def _write_message(self, message: Message) -> None:

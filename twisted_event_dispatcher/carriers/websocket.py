@@ -60,11 +60,17 @@ class WebSocketCarrier(QueueingCarrier):
     def __init__(self, protocol: EventWebSocketProtocol, max_queue: int, overflow: str) -> None:
         super().__init__(max_queue, overflow)
         self.protocol = protocol
+        self._factory = protocol.factory
+        self._send_prepared = protocol.sendPreparedMessage
 
     def _write_message(self, message: Message) -> None:
-        factory = self.protocol.factory
-        prepared = message.encoded(factory, _prepare(factory))
-        self.protocol.sendPreparedMessage(prepared)
+        # One prepared frame per message and factory, shared by every connection.
+        prepared = message._cache.get(self._factory)
+        if prepared is None:
+            prepared = message._cache[self._factory] = self._factory.prepareMessage(
+                message.json.encode("utf-8")
+            )
+        self._send_prepared(prepared)
 
     def _write_control(self, frame: Any) -> None:
         self.protocol.sendMessage(frame)  # type: ignore[no-untyped-call]
@@ -80,13 +86,6 @@ class WebSocketCarrier(QueueingCarrier):
         self.protocol.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
         self.protocol.dropConnection(abort=True)
         self.connection_lost()
-
-
-def _prepare(factory: WebSocketServerFactory) -> Callable[[Message], Any]:
-    def prepare(message: Message) -> Any:
-        return factory.prepareMessage(message.json.encode("utf-8"))
-
-    return prepare
 
 
 def origin_patterns(origins: Sequence[str]) -> list[str]:

@@ -133,11 +133,9 @@ class Channel(ABC):
             targets = named or everything
             if not targets:
                 return
+        # A copy: a delivery may close a carrier, which unsubscribes it (see on_close).
         for carrier in list(targets):
-            if carrier.closed:
-                self.unsubscribe_all(carrier)
-            else:
-                carrier.deliver(message)
+            carrier.deliver(message)
 
     # -- subscribing ---------------------------------------------------------------------
 

@@ -1,0 +1,247 @@
+"""
+fire_event -> bridge -> MemoryChannel -> WebSocket carrier, against a raw Autobahn
+``sendPreparedMessage`` broadcast loop, with N = 10, 100 and 1000 clients in a separate
+process (``bench/_ws_clients.py``), interleaved in one run.
+
+For each N and each server:
+
+* **throughput**: events published in batches of 50 per reactor turn, until every client
+  has all of them; deliveries per second (N x events / elapsed);
+* **paced latency**: one event every 10 ms; p50 and p99 of publish-to-receive time seen
+  by one probe client;
+* **memory per idle connection**: what N idle, subscribed connections hold in the server's
+  Python heap (``tracemalloc``: transport, protocol, carrier, subscriptions), per connection.
+
+Run with ``bash scripts/bench`` (``--quick`` for a smoke run). Loops are bounded and every
+client process stops by itself.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater, react
+
+from twisted_event_dispatcher import EventDispatcher
+from twisted_event_dispatcher.bridge import bridge
+from twisted_event_dispatcher.carriers.websocket import EventWebSocketFactory
+from twisted_event_dispatcher.channels import ChannelRegistry
+
+from ._harness import options
+
+BATCH = 50
+PACE = 0.010
+
+
+
+
+class _Clients(ProcessProtocol):
+    """The client process: its READY line and its result line."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.result: Deferred[dict[str, Any]] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.out = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        while b"\n" in self.out:
+            line, self.out = self.out.split(b"\n", 1)
+            if line == b"READY":
+                self.ready.callback(None)
+            elif line.startswith(b"{"):
+                self.result.callback(json.loads(line))
+
+    def errReceived(self, data: bytes) -> None:
+        sys.stderr.write(data.decode(errors="replace"))
+
+    def processEnded(self, reason: Any) -> None:
+        for d in (self.ready, self.result):
+            if not d.called:
+                d.errback(RuntimeError(f"client process ended early: {reason.value}"))
+        self.ended.callback(None)
+
+
+class RawServer(WebSocketServerProtocol):
+    def onOpen(self) -> None:
+        self.factory.clients.add(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.clients.discard(self)
+
+
+class Server:
+    """One server under test: how to publish, how many clients are subscribed."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.seq = 0
+        if mode == "ours":
+            channels = ChannelRegistry()
+            self.channel = channels.get("bench", history_size=100)
+            self.dispatcher = EventDispatcher()
+            self.dispatcher.start()
+            bridge(self.dispatcher, self.channel, key="tick", serialize=lambda e: e)
+            self.factory: Any = EventWebSocketFactory(channels=channels, default_channel="bench")
+        else:
+            self.factory = WebSocketServerFactory()
+            self.factory.protocol = RawServer
+            self.factory.clients = set()
+
+    def subscribed(self) -> int:
+        if self.mode == "ours":
+            return int(self.channel.carrier_count)
+        return len(self.factory.clients)
+
+    def publish(self, paced: bool) -> None:
+        self.seq += 1
+        event = {"seq": self.seq, "t": time.time(), "paced": paced}
+        if self.mode == "ours":
+            self.dispatcher.fire_event(event)
+            return
+        frame = {
+            "type": "event", "id": self.seq, "epoch": "0123456789abcdef", "channel": "bench",
+            "event": "tick", "data": event,
+        }
+        prepared = self.factory.prepareMessage(json.dumps(frame).encode())
+        for client in self.factory.clients:
+            client.sendPreparedMessage(prepared)
+
+
+async def spawn(port: int, count: int, mode: str, expected: int) -> _Clients:
+    clients = _Clients()
+    args = [sys.executable, "-m", "bench._ws_clients", str(port), str(count), mode, str(expected)]
+    reactor.spawnProcess(
+        clients, sys.executable, args, env=dict(os.environ), path=os.getcwd()
+    )
+    await clients.ready
+    return clients
+
+
+async def wait_until(condition: Callable[[], bool], limit: float = 60) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the clients did not subscribe in time")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+async def measure(mode: str, count: int, events: int, paced: int) -> dict[str, float]:
+    """Throughput, paced latency and memory per idle connection for one server."""
+    server = Server(mode)
+    port: Any = reactor.listenTCP(0, server.factory, backlog=2048, interface="127.0.0.1")
+    number = port.getHost().port
+    try:
+        # Memory the connections hold in Python objects (Twisted transport, Autobahn
+        # protocol, carrier, subscriptions), traced while they connect and subscribe.
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        clients = await spawn(number, count, mode, events)
+        await wait_until(lambda: server.subscribed() == count)
+        gc.collect()
+        per_connection = (tracemalloc.get_traced_memory()[0] - before) / count
+        tracemalloc.stop()
+        start = time.time()
+        for n in range(events):
+            server.publish(paced=False)
+            if n % BATCH == BATCH - 1:
+                await deferLater(reactor, 0, lambda: None)
+        result = await clients.result
+        throughput = count * events / (result["done_at"] - start)
+        await clients.ended
+        await wait_until(lambda: server.subscribed() == 0)
+
+        clients = await spawn(number, count, mode, paced)
+        await wait_until(lambda: server.subscribed() == count)
+        for _ in range(paced):
+            server.publish(paced=True)
+            await deferLater(reactor, PACE, lambda: None)
+        latency = await clients.result
+        await clients.ended
+        return {
+            "throughput": throughput,
+            "p50": latency["p50"] * 1000,
+            "p99": latency["p99"] * 1000,
+            "memory": per_connection,
+        }
+    finally:
+        await port.stopListening()
+
+
+async def run(argv: list[str]) -> None:
+    rounds, n = options("WebSocket fan-out against a raw Autobahn broadcast", argv)
+    quick = "--quick" in argv
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
+    out = sys.stdout.write
+    out(
+        f"### WebSocket fan-out\n\nPython {sys.version.split()[0]}; clients in a separate "
+        f"process; {'1 round' if quick else '2 rounds, best of each'}\n\n"
+        "| clients | metric | ours | raw Autobahn | ours / raw | target | met |\n"
+        "| ---: | --- | ---: | ---: | ---: | --- | --- |\n"
+    )
+    missed = 0
+    for count in (10, 100, 1000):
+        events = max(100, n(200_000) // count)
+        paced = 20 if quick else 200
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(1 if quick else 2):
+            for mode in ("raw", "ours"):
+                result = await measure(mode, count, events, paced)
+                previous = best.get(mode)
+                if previous is None:
+                    best[mode] = result
+                else:
+                    best[mode] = {
+                        "throughput": max(previous["throughput"], result["throughput"]),
+                        "p50": min(previous["p50"], result["p50"]),
+                        "p99": min(previous["p99"], result["p99"]),
+                        "memory": min(previous["memory"], result["memory"]),
+                    }
+        ours, raw = best["ours"], best["raw"]
+        rows = [
+            ("deliveries/s", "throughput", "{:,.0f}", 0.9 if count == 1000 else None, ">="),
+            ("paced p50 ms", "p50", "{:.2f}", None, "<="),
+            ("paced p99 ms", "p99", "{:.2f}", 1.2, "<="),
+            ("heap per idle connection", "memory", "{:,.0f} B", None, "<="),
+        ]
+        for label, key, fmt, target, sense in rows:
+            ratio = ours[key] / raw[key] if raw[key] else float("nan")
+            target_text = met = ""
+            if target is not None:
+                ok = ratio >= target if sense == ">=" else ratio <= target
+                target_text, met = f"{sense} {target}x raw", "yes" if ok else "**no**"
+                missed += not ok
+            if key == "memory" and count == 1000:
+                ok = ours[key] <= 50_000
+                target_text, met = "<= 50 KB", "yes" if ok else "**no**"
+                missed += not ok
+            out(
+                f"| {count} | {label} | {fmt.format(ours[key])} | {fmt.format(raw[key])} "
+                f"| {ratio:.2f}x | {target_text} | {met} |\n"
+            )
+    out(f"\n{missed} target(s) missed.\n\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; ``react`` exits the process when it is done."""
+    args = sys.argv[1:] if argv is None else argv
+    react(lambda _: Deferred.fromCoroutine(run(args)))
+
+
+if __name__ == "__main__":
+    main()
