@@ -43,6 +43,8 @@ from ._harness import options
 
 BATCH = 50
 PACE = 0.010
+#: Paced events sent before the measured ones (new connections settle in).
+WARM_UP = 10
 
 
 
@@ -165,10 +167,10 @@ async def measure(mode: str, count: int, events: int, paced: int) -> dict[str, f
         await clients.ended
         await wait_until(lambda: server.subscribed() == 0)
 
-        clients = await spawn(number, count, mode, paced)
+        clients = await spawn(number, count, mode, WARM_UP + paced)
         await wait_until(lambda: server.subscribed() == count)
-        for _ in range(paced):
-            server.publish(paced=True)
+        for n in range(WARM_UP + paced):
+            server.publish(paced=n >= WARM_UP)
             await deferLater(reactor, PACE, lambda: None)
         latency = await clients.result
         await clients.ended

@@ -351,6 +351,20 @@ async def test_broadcast_encodes_each_message_once(server: Server) -> None:
 @pytest_twisted.ensureDeferred
 async def test_close_all_uses_going_away(server: Server) -> None:
     client = await server.client()
+    await subscribe(client, "a")
     server.factory.close_all()
+    # once the close frame is sent, nothing may follow it: the carrier left at once
+    assert server.news.carrier_count == 0
+    await server.news.publish("a", "after the close frame")
     _, code, _ = await client.closed
     assert code == 1001
+    assert client.events() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_initiated_close_stops_delivery(server: Server) -> None:
+    client = await server.client()
+    await subscribe(client, "a")
+    client.sendClose()
+    _, code, _ = await client.closed
+    assert code == 1000 and server.news.carrier_count == 0

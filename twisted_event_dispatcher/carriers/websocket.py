@@ -61,16 +61,36 @@ class WebSocketCarrier(QueueingCarrier):
         super().__init__(max_queue, overflow)
         self.protocol = protocol
         self._factory = protocol.factory
-        self._send_prepared = protocol.sendPreparedMessage
+        # Sending a prepared message is writing its ready-made frame to the transport:
+        # that is all sendPreparedMessage -> sendData do here, because this factory never
+        # accepts permessage-deflate and nothing of ours sends with ``sync`` or
+        # ``chopsize`` (Autobahn's send queue stays empty). Writing directly skips their
+        # per-call bookkeeping, which costs more than the write on a large broadcast.
+        transport: Any = protocol.transport
+        self._send_frame = transport.write
+
+    def deliver(self, message: Message) -> None:
+        # The broadcast hot path: QueueingCarrier.deliver with _write_message inlined.
+        if self._writable:
+            prepared = message._cache.get(self._factory)
+            if prepared is None:
+                prepared = self._prepare(message)
+            self._send_frame(prepared.payloadHybi)
+        elif not self.closed:
+            self._enqueue(message)
 
     def _write_message(self, message: Message) -> None:
-        # One prepared frame per message and factory, shared by every connection.
         prepared = message._cache.get(self._factory)
         if prepared is None:
-            prepared = message._cache[self._factory] = self._factory.prepareMessage(
-                message.json.encode("utf-8")
-            )
-        self._send_prepared(prepared)
+            prepared = self._prepare(message)
+        self._send_frame(prepared.payloadHybi)
+
+    def _prepare(self, message: Message) -> Any:
+        """Encode once per message and factory; every connection shares the frame."""
+        prepared = message._cache[self._factory] = self._factory.prepareMessage(
+            message.json.encode("utf-8")
+        )
+        return prepared
 
     def _write_control(self, frame: Any) -> None:
         self.protocol.sendMessage(frame)  # type: ignore[no-untyped-call]
@@ -145,6 +165,15 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         """
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+
+    def sendCloseFrame(
+        self, code: int | None = None, reasonUtf8: bytes | None = None, isReply: bool = False
+    ) -> None:
+        # Whoever starts or answers the closing handshake, no event may follow the close
+        # frame on the wire: the carrier stops (and leaves its channels) first.
+        if self.carrier is not None:
+            self.carrier.connection_lost()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
