@@ -1,47 +1,102 @@
-"""Command line: ``python -m twisted_event_dispatcher demo``."""
+"""
+Command line::
+
+    python -m twisted_event_dispatcher serve [options]   # the event hub (default)
+    python -m twisted_event_dispatcher demo              # fire example events, log phases
+
+``serve`` takes the same options as ``twistd -n event-hub``; ``serve --help`` lists them.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import react
 from twisted.logger import (
     FileLogObserver,
+    FilteringLogObserver,
     ILogObserver,
     LogEvent,
+    LogLevel,
+    LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
+from twisted.python import usage
+
+USAGE = """usage: python -m twisted_event_dispatcher [serve|demo] [options]
+
+  serve   run the event hub (the default); 'serve --help' lists its options
+  demo    fire example events through a dispatcher's phases and log what ran
+"""
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m twisted_event_dispatcher",
-        description="Multi-phase, Deferred-aware event dispatching for Twisted.",
-    )
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("demo", help="fire example events through phases and log what ran")
-    args = parser.parse_args(argv)
-    command = args.command or "demo"
-
+def _log_to_stdout(level: LogLevel) -> None:
     def text(event: LogEvent) -> str:
         return f"{formatEvent(event)}\n"
 
-    observer = cast(ILogObserver, FileLogObserver(sys.stdout, text))
+    observer = FilteringLogObserver(
+        cast(ILogObserver, FileLogObserver(sys.stdout, text)),
+        [LogLevelFilterPredicate(defaultLogLevel=level)],
+    )
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+
+
+def serve(argv: Sequence[str]) -> int:
+    """Run the hub until SIGINT/SIGTERM; then drain and close clients."""
+    from twisted.internet import reactor
+
+    from .hub.options import HubOptions
+    from .hub.service import make_service
+
+    options = HubOptions()
+    try:
+        options.parseOptions(list(argv))  # type: ignore[no-untyped-call]
+    except usage.UsageError as e:
+        sys.stderr.write(f"{options}\nerror: {e}\n")
+        return 2
+    _log_to_stdout(options["level"])
+    service = make_service(options, reactor)
+    failed: list[Any] = []
+    service.ready.addErrback(failed.append)
+    react: Any = reactor
+    react.callWhenRunning(service.startService)
+    react.addSystemEventTrigger("before", "shutdown", service.stopService)
+    react.run()
+    return 1 if failed else 0
+
+
+def demo() -> None:
+    """Fire example events through phases and log what happened."""
+    from twisted.internet.task import react
+
+    from ._demo import run_demo
+
+    _log_to_stdout(LogLevel.info)
+
+    def go(reactor: IReactorTime) -> Deferred[None]:
+        return Deferred.fromCoroutine(run_demo(reactor))
+
+    react(go)  # exits the process when the demo is done
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and not args[0].startswith("-") else "serve"
+    rest = args[1:] if args and args[0] == command else args
+    if command in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if command == "serve":
+        return serve(rest)
     if command == "demo":
-        from ._demo import run_demo
-
-        def go(reactor: IReactorTime) -> Deferred[None]:
-            return Deferred.fromCoroutine(run_demo(reactor))
-
-        react(go)
+        demo()
+    sys.stderr.write(f"{USAGE}\nerror: unknown command {command!r}\n")
+    return 2
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The hub's HTTP resources: POST /events, GET /health, the demo page."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from importlib import resources as package_files
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.static import File
+
+from ..channels.base import check_event_name
+from ..channels.message import encode_json
+from ..results import FireResult
+
+if TYPE_CHECKING:
+    from .app import Hub
+
+__all__ = ["EventsResource", "HealthResource", "HubRequest", "static_root", "token_of"]
+
+_log = Logger(namespace="twisted_event_dispatcher.hub")
+
+_FIELDS = frozenset({"event", "keywords", "data"})
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def respond(request: Request, code: int, payload: dict[str, Any]) -> bytes:
+    """A JSON response."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return encode_json(payload).encode("utf-8")
+
+
+def token_of(header: str | None, query: list[bytes] | None) -> str | None:
+    """The token from an ``Authorization: Bearer`` header, or the ``token`` query field."""
+    if header and header.lower().startswith("bearer "):
+        return header[7:].strip()
+    if query:
+        return query[0].decode("utf-8", "replace")
+    return None
+
+
+def token_ok(expected: str | None, given: str | None) -> bool:
+    """No token configured, or the right one (compared in constant time)."""
+    if expected is None:
+        return True
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+class HubRequest(Request):
+    """A request that stores at most ``max_body`` bytes of body; past that it is refused."""
+
+    max_body = 65536
+
+    def gotLength(self, length: int | None) -> None:
+        self.too_large = length is not None and length > self.max_body
+        super().gotLength(None if self.too_large else length)  # type: ignore[no-untyped-call]
+        self._stored = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self._stored += len(data)
+        if self._stored > self.max_body:
+            self.too_large = True
+            return
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+
+class EventsResource(Resource):
+    """``POST /events``: ``{"event": name, "keywords": {...}, "data": ...}`` -> 202."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hub = hub
+
+    def render_POST(self, request: Request) -> bytes | int:
+        hub = self.hub
+        given = token_of(request.getHeader("authorization"), (request.args or {}).get(b"token"))
+        if not token_ok(hub.token, given):
+            request.setHeader(b"www-authenticate", b'Bearer realm="event-hub"')
+            return respond(request, 401, {"error": "a valid token is required"})
+        if getattr(request, "too_large", False):
+            return respond(
+                request, 413, {"error": f"the body is larger than {hub.max_body} bytes"}
+            )
+        try:
+            event, keywords, data = self._parse(request)
+        except ValueError as e:
+            return respond(request, 400, {"error": str(e)})
+        if not hub.dispatcher.running:
+            return respond(request, 503, {"error": "the hub is shutting down"})
+        try:
+            d = hub.dispatcher.fire_event({"event": event, "data": data}, **keywords)
+        except (TypeError, ValueError) as e:  # unknown keyword, unhashable value
+            return respond(request, 400, {"error": f"keywords: {e}"})
+        finished: list[object] = []
+        request.notifyFinish().addBoth(finished.append)
+        d.addCallbacks(
+            self._fired,
+            self._failed,
+            callbackArgs=(request, finished),
+            errbackArgs=(request, finished),
+        )
+        return NOT_DONE_YET
+
+    def _parse(self, request: Request) -> tuple[str, dict[str, Any], Any]:
+        assert request.content is not None
+        body = request.content.read()
+        try:
+            payload = json.loads(body)
+        except ValueError as e:
+            raise ValueError(f"the body is not valid JSON: {e}") from None
+        if not isinstance(payload, dict):
+            raise ValueError("the body must be a JSON object")
+        unknown = sorted(set(payload) - _FIELDS)
+        if unknown:
+            raise ValueError(
+                f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                "expected 'event', 'keywords' and 'data'"
+            )
+        if "event" not in payload:
+            raise ValueError("missing field 'event'")
+        try:
+            event = check_event_name(payload["event"], "'event'")
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        keywords = payload.get("keywords", {})
+        if not isinstance(keywords, dict):
+            raise ValueError("'keywords' must be a JSON object")
+        for name, value in keywords.items():
+            if not isinstance(value, _SCALARS):
+                raise ValueError(
+                    f"keywords: value of {name!r} must be a string, number, boolean or null, "
+                    f"not {type(value).__name__}"
+                )
+        return event, keywords, payload.get("data")
+
+    def _fired(self, result: FireResult, request: Request, finished: list[object]) -> None:
+        outcome = next(
+            (o for o in result.outcomes if o.handler_id == self.hub.bridge_id), None
+        )
+        if outcome is None or not outcome.succeeded:
+            reason = (
+                "the event was vetoed before it was published"
+                if outcome is None
+                else f"publishing failed: {outcome.result.getErrorMessage()}"
+            )
+            body = respond(request, 503 if outcome is not None else 409, {"error": reason})
+        else:
+            message = outcome.result
+            body = respond(
+                request,
+                202,
+                {
+                    "id": message.id,
+                    "epoch": message.epoch,
+                    "channel": message.channel,
+                    "event": message.event,
+                    "handlers": result.handler_count,
+                },
+            )
+        if not finished:
+            request.write(body)
+            request.finish()
+
+    def _failed(self, failure: Failure, request: Request, finished: list[object]) -> None:
+        _log.failure("POST /events failed", failure=failure)
+        if not finished:
+            request.write(respond(request, 500, {"error": failure.getErrorMessage()}))
+            request.finish()
+
+
+class HealthResource(Resource):
+    """``GET /health``: JSON status."""
+
+    isLeaf = True
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.hub = hub
+
+    def render_GET(self, request: Request) -> bytes:
+        return respond(request, 200, self.hub.health())
+
+
+def static_root() -> File:
+    """The demo page and its assets, served from the package."""
+    path = package_files.files("twisted_event_dispatcher.hub") / "static"
+    return File(str(path))
+
