@@ -62,6 +62,11 @@ def serve(argv: Sequence[str]) -> int:
     service = make_service(options, reactor)
     failed: list[Any] = []
     service.ready.addErrback(failed.append)
+    if options["level"] > LogLevel.info:
+        # The address is this command's output, whatever the log level.
+        service.ready.addCallback(
+            lambda _: sys.stdout.write(f"event hub listening on {service.url}\n")
+        )
     react: Any = reactor
     react.callWhenRunning(service.startService)
     react.addSystemEventTrigger("before", "shutdown", service.stopService)

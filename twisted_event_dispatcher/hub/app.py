@@ -166,6 +166,8 @@ class HubService(Service):
         self.endpoint = endpoint
         self.clock = clock
         self.port: IListeningPort | None = None
+        #: ``http://host:port/`` once listening on TCP.
+        self.url: str | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
 
     def startService(self) -> None:
@@ -178,6 +180,7 @@ class HubService(Service):
             address: Any = port.getHost()
             host = getattr(address, "host", None)
             where = f"http://{host}:{address.port}/" if host else str(address)
+            self.url = where
             _log.info("event hub listening on {where}", where=where)
             self.ready.callback(port)
             return port
