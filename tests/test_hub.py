@@ -236,3 +236,40 @@ async def test_log_level_filters(hub: HubProcess) -> None:
     await post(hub, {"event": "x"})
     await deferLater(reactor, 0.2, lambda: None)
     assert '"POST /events' in hub.text
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_drains_events_in_flight_before_closing_clients() -> None:
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.error import ConnectionRefusedError
+
+    from twisted_event_dispatcher.hub import Hub, HubService
+    from twisted_event_dispatcher.testing import DeferredHandler
+
+    hub = Hub(("user",))
+    service = HubService(hub, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    service.startService()
+    address: Any = (await service.ready).getHost()
+    port = address.port
+    slow = DeferredHandler()
+    await hub.dispatcher.add_event_handler(slow, "during")
+    ws = await connect_ws(port, path="/ws")
+    ws.send_json({"type": "subscribe", "event": "*"})
+    await ws.wait_type("subscribed")
+    posted = treq.post(f"http://127.0.0.1:{port}/events", json={"event": "late", "data": 1})
+    while not slow.calls:
+        await deferLater(reactor, 0.01, lambda: None)
+    stopped = service.stopService()
+    await deferLater(reactor, 0.05, lambda: None)
+    assert not stopped.called, "waiting for the event in flight"
+    with pytest.raises(ConnectionRefusedError):  # no longer accepting connections
+        await connect_ws(port, path="/ws")
+    assert not ws.closed.called, "clients stay connected while events drain"
+    slow.succeed_all()
+    response = await posted
+    assert response.code == 202
+    frame = await ws.wait_type("event")
+    assert frame["event"] == "late"
+    _, code, _ = await ws.closed
+    assert code == 1001
+    await stopped
