@@ -1,0 +1,49 @@
+"""The demo page in a real browser: headless Chromium (Debian's package) via Playwright."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests._hub import ROOT, start_hub
+
+ARTIFACTS = os.path.join(ROOT, "artifacts")
+SCREENSHOT = os.path.join(ARTIFACTS, "hub-demo.png")
+
+
+@pytest_twisted.ensureDeferred
+async def test_demo_page_subscribes_fires_and_resumes() -> None:
+    assert os.path.exists("/usr/bin/chromium"), (
+        "Debian's chromium is missing: scripts/test installs it (apt-get install chromium)"
+    )
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    if os.path.exists(SCREENSHOT):
+        os.remove(SCREENSHOT)
+    hub = await start_hub()
+    try:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [os.path.join(ROOT, "tests", "_browser.py"), hub.url, SCREENSHOT],
+            env=dict(os.environ),
+            path=ROOT,
+            reactor=reactor,
+        )
+    finally:
+        await hub.stop()
+    assert code == 0, err.decode(errors="replace")
+    page = json.loads(out.decode().strip().splitlines()[-1])
+    assert page["errors"] == []
+    assert page["fired"].startswith("fired: id ")
+    events = [text for kind, text in page["rows"] if "notice" not in kind]
+    notices = [text for kind, text in page["rows"] if "notice" in kind]
+    assert any("hello from the browser" in text and "greeting" in text for text in events)
+    assert any("missed while away" in text for text in events)
+    assert any("reconnected" in text for text in notices)
+    assert any("1 missed event(s) replayed" in text for text in notices)
+    assert page["status"].startswith("connected (reconnect #")
+    assert os.path.getsize(SCREENSHOT) > 10_000, "a screenshot was saved"
