@@ -14,21 +14,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tests._clients import SSEClient, connect_sse
+from tests._servers import LocalServer, make_channels
 from twisted_event_dispatcher.carriers.sse import SSEResource, parse_last_event_id
-from twisted_event_dispatcher.channels import ChannelRegistry, MemoryChannel
+from twisted_event_dispatcher.channels import ChannelRegistry
 
 
-class Server:
+class Server(LocalServer):
     def __init__(self, resource: SSEResource, port: Any, channels: ChannelRegistry) -> None:
+        super().__init__(port, channels)
         self.resource = resource
-        self.listening = port
-        self.port: int = port.getHost().port
-        self.channels = channels
-        self.clients: list[SSEClient] = []
-
-    @property
-    def news(self) -> MemoryChannel:
-        return self.channels.get("news")  # type: ignore[no-any-return]
 
     async def stream(self, target: str = "/sse", **headers: str) -> SSEClient:
         client = await connect_sse(self.port, target, headers)
@@ -37,9 +31,7 @@ class Server:
 
 
 async def start_server(**options: Any) -> Server:
-    channels = ChannelRegistry()
-    channels.get("news", history_size=options.pop("history_size", 100))
-    channels.get("sports")
+    channels = make_channels(options.pop("history_size", 100))
     resource = SSEResource(channels=channels, default_channel="news", **options)
     root = Resource()
     root.putChild(b"sse", resource)
@@ -48,11 +40,7 @@ async def start_server(**options: Any) -> Server:
 
 
 async def stop_server(server: Server) -> None:
-    for client in server.clients:
-        if client.transport is not None:
-            client.transport.loseConnection()
-    await server.listening.stopListening()
-    await deferLater(reactor, 0, lambda: None)
+    await server.stop()
 
 
 @pytest_twisted.async_yield_fixture

@@ -12,21 +12,15 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests._clients import WSClient, connect_ws
+from tests._servers import LocalServer, make_channels
 from twisted_event_dispatcher.carriers.websocket import EventWebSocketFactory
-from twisted_event_dispatcher.channels import ChannelRegistry, MemoryChannel
+from twisted_event_dispatcher.channels import ChannelRegistry
 
 
-class Server:
+class Server(LocalServer):
     def __init__(self, factory: EventWebSocketFactory, port: Any, channels: ChannelRegistry):
+        super().__init__(port, channels)
         self.factory = factory
-        self.listening = port
-        self.port: int = port.getHost().port
-        self.channels = channels
-        self.clients: list[WSClient] = []
-
-    @property
-    def news(self) -> MemoryChannel:
-        return self.channels.get("news")  # type: ignore[no-any-return]
 
     async def client(self, **kwargs: Any) -> WSClient:
         client = await connect_ws(self.port, **kwargs)
@@ -35,20 +29,14 @@ class Server:
 
 
 async def start_server(**options: Any) -> Server:
-    channels = ChannelRegistry()
-    channels.get("news", history_size=options.pop("history_size", 100))
-    channels.get("sports")
+    channels = make_channels(options.pop("history_size", 100))
     factory = EventWebSocketFactory(channels=channels, default_channel="news", **options)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     return Server(factory, port, channels)
 
 
 async def stop_server(server: Server) -> None:
-    for client in server.clients:
-        if client.transport is not None:
-            client.transport.abortConnection()  # type: ignore[attr-defined]
-    await server.listening.stopListening()
-    await deferLater(reactor, 0, lambda: None)
+    await server.stop(abort=True)
 
 
 @pytest_twisted.async_yield_fixture
