@@ -140,3 +140,7 @@ class UnknownChannelError(EventDispatcherError, KeyError):
 
     def __str__(self) -> str:
         return f"no channel named {self.name!r}"
+
+
+class ChannelUnavailableError(EventDispatcherError, ConnectionError):
+    """A channel's backend (e.g. Redis) cannot be reached: the message was not published."""
