@@ -342,6 +342,24 @@ def test_failures_do_not_stop_other_handlers_and_are_logged_once(
     assert "2 failed" in repr(result)
 
 
+def test_already_failed_deferreds_finish_at_once_and_are_not_left_in_flight(
+    dispatcher: EventDispatcher,
+) -> None:
+    from twisted.internet.defer import fail
+
+    later = RecordingHandler()
+    add(dispatcher, lambda e: fail(ValueError("refused at once")), "before")
+    add(dispatcher, later, "after")
+    with captured_failures() as logged:
+        d = dispatcher.fire_event("e")
+    result = success_result_of(d)
+    assert result.failures[0].failure is not None
+    assert result.failures[0].failure.check(ValueError)
+    assert later.events == ["e"] and len(logged) == 1
+    assert dispatcher.in_flight_count == 0
+    success_result_of(dispatcher.stop())
+
+
 def test_no_unhandled_error_in_deferred(dispatcher: EventDispatcher) -> None:
     handler = DeferredHandler()
     add(dispatcher, handler)

@@ -305,6 +305,16 @@ def test_send_waits_for_deferreds_and_coroutines(clock: Clock) -> None:
     assert [r for _, r in success_result_of(d)] == ["coroutine", "deferred", "sync"]
 
 
+def test_a_receiver_returning_an_already_failed_deferred() -> None:
+    from twisted.internet.defer import fail
+
+    sig = Signal()
+    sig.connect(lambda sender, **kw: fail(KeyError("gone")))
+    with captured_failures() as logged:
+        results = send(sig, "s")
+    assert results[0][1].check(KeyError) and len(logged) == 1
+
+
 def test_sync_receivers_take_the_fast_path() -> None:
     sig = Signal()
     sig.connect(lambda sender, **kw: 1)

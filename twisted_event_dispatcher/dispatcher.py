@@ -332,6 +332,8 @@ class EventDispatcher:
         if type(outcome) is FireResult:
             return succeed(outcome)
         assert isinstance(outcome, Firing)
+        if outcome.result is not None:  # every Deferred had already fired (e.g. failed)
+            return succeed(outcome.result)
         self._in_flight += 1
         return outcome.deferred
 

@@ -279,10 +279,12 @@ class Signal:
             return succeed([])
         # receiver(sender) and receiver(sender, **{}) are the same call; the first is faster
         outcome = run_phases(self, sender, keywords, entries, kwargs or None)
-        if type(outcome) is FireResult:
-            return succeed([(receiver, value) for _, receiver, _, value in outcome._raw])
-        assert not isinstance(outcome, FireResult)
-        return outcome.deferred.addCallback(FireResult.handler_results)
+        if type(outcome) is not FireResult:
+            assert not isinstance(outcome, FireResult)
+            if outcome.result is None:
+                return outcome.deferred.addCallback(FireResult.handler_results)
+            outcome = outcome.result  # every Deferred had already fired (e.g. failed)
+        return succeed([(receiver, value) for _, receiver, _, value in outcome._raw])
 
     # -- engine plumbing -----------------------------------------------------------------
 

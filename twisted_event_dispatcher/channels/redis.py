@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -135,6 +135,10 @@ class RedisStreamChannel(Channel):
     :param block: milliseconds one ``XREAD`` blocks before it checks the epoch.
     """
 
+    #: First and longest delay between reconnection attempts, in seconds.
+    RECONNECT_INITIAL = 0.2
+    RECONNECT_MAX = 3.0
+
     def __init__(
         self,
         name: str,
@@ -179,7 +183,7 @@ class RedisStreamChannel(Channel):
 
     def _connection(self) -> Any:
         url = self.url
-        return txredisapi.lazyConnection(
+        connection = txredisapi.lazyConnection(
             url.host,
             url.port,
             dbid=url.db,
@@ -189,6 +193,11 @@ class RedisStreamChannel(Channel):
             replyTimeout=None,
             convertNumbers=False,
         )
+        # Reconnect sooner than txredisapi's defaults (1 s, growing to 10 s): a hub
+        # should be back within a few seconds of Redis. Exponential, with jitter.
+        connection._factory.initialDelay = self.RECONNECT_INITIAL
+        connection._factory.maxDelay = self.RECONNECT_MAX
+        return connection
 
     async def _connected(self, connection: Any) -> None:
         # txredisapi's handler fires this when the first connection is made, or fails it
@@ -223,15 +232,15 @@ class RedisStreamChannel(Channel):
         self._reading = True
         Deferred.fromCoroutine(self._read_loop())
 
-    def disconnect(self) -> Deferred[Any]:
-        """Stop reading and close both connections."""
+    def disconnect(self, timeout: float = 2.0) -> Deferred[Any]:
+        """Stop reading and close both connections (giving up after ``timeout``)."""
         self._reading = False
         closing = [c.disconnect() for c in (self._reader, self._writer) if c is not None]
         self._reader = self._writer = None
         self.connected = False
-        from twisted.internet.defer import gatherResults
-
-        return gatherResults(closing, consumeErrors=True)
+        done = DeferredList(closing, consumeErrors=True)
+        done.addTimeout(timeout, self.clock)
+        return done.addErrback(lambda _: None)
 
     async def _sync(self) -> None:
         """Learn the epoch (starting one if the stream has none) and the last offset."""

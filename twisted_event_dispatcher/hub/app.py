@@ -58,6 +58,7 @@ class Hub:
         *,
         channel_name: str = "events",
         history: int = 1000,
+        redis_url: str | None = None,
         token: str | None = None,
         origins: tuple[str, ...] = (),
         max_body: int = 65536,
@@ -68,8 +69,17 @@ class Hub:
         self.max_body = max_body
         self.started = time.time()
         self.channels = ChannelRegistry()
-        self.channel = self.channels.get(channel_name, MemoryChannel, history_size=history)
-        self.backend = "memory"
+        self.channel: Any
+        if redis_url is None:
+            self.backend = "memory"
+            self.channel = self.channels.get(channel_name, MemoryChannel, history_size=history)
+        else:
+            from ..channels.redis import RedisStreamChannel
+
+            self.backend = "redis"
+            self.channel = self.channels.get(
+                channel_name, RedisStreamChannel, history_size=history, url=redis_url
+            )
         self.dispatcher = EventDispatcher(keywords, clock=clock)
         self.bridge_id: int | None = None
         self.websocket = EventWebSocketFactory(
@@ -98,21 +108,27 @@ class Hub:
         BoundedRequest.max_body = max_body
         self.site.requestFactory = BoundedRequest
 
-    def start(self) -> Deferred[int]:
-        """Start dispatching and bridge fired events to the channel."""
+    def start(self) -> Deferred[None]:
+        """Connect the channel (Redis), start dispatching, bridge events to the channel."""
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        if self.backend == "redis":
+            await self.channel.connect()
         self.dispatcher.start()
-        d = bridge(
+        self.bridge_id = await bridge(
             self.dispatcher,
             self.channel,
             key=lambda event: event["event"],
             serialize=lambda event: event["data"],
         )
 
-        def remember(handler_id: int) -> int:
-            self.bridge_id = handler_id
-            return handler_id
-
-        return d.addCallback(remember)
+    def stop(self) -> Deferred[Any]:
+        """Disconnect the channel's backend (after the dispatcher drained)."""
+        if self.backend == "redis":
+            d: Deferred[Any] = self.channel.disconnect()
+            return d
+        return Deferred.fromCoroutine(_nothing())
 
     def _authorize_websocket(self, request: ConnectionRequest) -> None:
         given = token_of(
@@ -128,8 +144,11 @@ class Hub:
 
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` reports."""
+        channel_ok = self.backend != "redis" or self.channel.connected
         return {
-            "status": "ok" if self.dispatcher.running else "stopping",
+            "status": ("ok" if channel_ok else "degraded")
+            if self.dispatcher.running
+            else "stopping",
             "uptime": round(time.time() - self.started, 3),
             "channel": {
                 "name": self.channel.name,
@@ -138,6 +157,7 @@ class Hub:
                 "last_id": self.channel.last_id,
                 "history_size": self.channel.history_size,
                 "subscribers": self.channel.carrier_count,
+                **({"redis": self.channel.health()} if self.backend == "redis" else {}),
             },
             "connections": {
                 "websocket": len(self.websocket.connections),
@@ -152,6 +172,10 @@ class Hub:
         """Close every WebSocket (1001, going away) and end every SSE stream."""
         self.websocket.close_all()
         self.sse.close_all()
+
+
+async def _nothing() -> None:
+    return None
 
 
 class HubService(Service):
@@ -172,8 +196,8 @@ class HubService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self.hub.start()
-        d = self.endpoint.listen(self.hub.site)
+        d = self.hub.start()
+        d.addCallback(lambda _: self.endpoint.listen(self.hub.site))
 
         def listening(port: IListeningPort) -> IListeningPort:
             self.port = port
@@ -186,7 +210,7 @@ class HubService(Service):
             return port
 
         def failed(failure: Any) -> None:
-            _log.failure("event hub could not listen", failure=failure)
+            _log.critical("event hub could not start: {error}", error=failure.getErrorMessage())
             self.ready.errback(failure)
             from twisted.internet import reactor
 
@@ -206,6 +230,7 @@ class HubService(Service):
                 await stopped
         await self.hub.dispatcher.stop()
         self.hub.close_clients()
+        await self.hub.stop()
         clock = self.clock
         if clock is None:
             from twisted.internet import reactor

@@ -12,7 +12,7 @@ from ..channels.base import check_event_name
 
 __all__ = ["HubOptions", "listen_interface"]
 
-BACKENDS = ("memory",)
+BACKENDS = ("memory", "redis")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
@@ -53,6 +53,7 @@ class HubOptions(usage.Options):
         ["listen", "l", "tcp:8080:interface=127.0.0.1", "Twisted endpoint to listen on."],
         ["channel", "c", "memory", f"Channel backend: {', '.join(BACKENDS)}."],
         ["channel-name", None, "events", "Name of the hub's channel."],
+        ["redis-url", None, "redis://127.0.0.1:6379/0", "Redis to use with --channel redis."],
         ["history", None, 1000, "Messages kept for clients that resume.", int],
         ["token", "t", None, "Token required by POST /events, /ws and /sse."],
         ["log-level", None, "info", f"Least severe level logged: {', '.join(LOG_LEVELS)}."],
@@ -84,6 +85,15 @@ class HubOptions(usage.Options):
             check_event_name(self["channel-name"], "channel name")
         except (TypeError, ValueError) as e:
             raise usage.UsageError(f"--channel-name: {e}") from None
+        if self["channel"] == "redis":
+            from ..channels.redis import parse_redis_url
+
+            try:
+                parse_redis_url(self["redis-url"])
+            except ValueError as e:
+                raise usage.UsageError(f"--redis-url: {e}") from None
+            if self["history"] < 1:
+                raise usage.UsageError("--history must be at least 1 with --channel redis")
         for name in ("history", "max-body", "max-frame"):
             if self[name] < (0 if name == "history" else 1):
                 raise usage.UsageError(f"--{name} must be positive, got {self[name]}")

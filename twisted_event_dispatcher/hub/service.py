@@ -22,6 +22,7 @@ def make_service(options: HubOptions, reactor: Any = None) -> HubService:
         tuple(options["keywords"]),
         channel_name=options["channel-name"],
         history=options["history"],
+        redis_url=options["redis-url"] if options["channel"] == "redis" else None,
         token=options["token"],
         origins=tuple(options["origins"]),
         max_body=options["max-body"],
