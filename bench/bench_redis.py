@@ -1,0 +1,189 @@
+"""
+RedisStreamChannel across processes, against a raw txredisapi ``XADD``/``XREAD`` loop, in
+one run, on a private redis-server (no persistence) on 127.0.0.1.
+
+The publisher is this process; the reader is another (``bench/_redis_reader.py``):
+
+* **throughput**: events published with up to 200 in flight; events per second until the
+  reader has them all;
+* **paced latency**: one event every 2 ms; p50 and p99 of publish-to-deliver time.
+
+Run with ``bash scripts/bench`` (``--quick`` for a smoke run). Every loop is bounded, and
+the reader and redis-server processes are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import txredisapi
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater, react
+
+from tests._redis import RedisServer
+from twisted_event_dispatcher.channels.redis import RedisStreamChannel
+
+WINDOW = 200
+PACE = 0.002
+#: Stream length bound for both: large enough that the reader never falls behind it.
+HISTORY = 100_000
+
+
+class _Reader(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.result: Deferred[dict[str, Any]] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.out = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        while b"\n" in self.out:
+            line, self.out = self.out.split(b"\n", 1)
+            if line == b"READY":
+                self.ready.callback(None)
+            elif line.startswith(b"{"):
+                self.result.callback(json.loads(line))
+
+    def errReceived(self, data: bytes) -> None:
+        sys.stderr.write(data.decode(errors="replace"))
+
+    def processEnded(self, reason: Any) -> None:
+        for d in (self.ready, self.result):
+            if not d.called:
+                d.errback(RuntimeError(f"reader ended early: {reason.value}"))
+        self.ended.callback(None)
+
+
+async def reader(mode: str, url: str, stream: str, count: int) -> _Reader:
+    process = _Reader()
+    args = [sys.executable, "-m", "bench._redis_reader", mode, url, stream, str(count)]
+    reactor.spawnProcess(
+        process, sys.executable, args, env=dict(os.environ), path=os.getcwd()
+    )
+    await process.ready
+    return process
+
+
+class Publisher:
+    def __init__(self, mode: str, url: str, stream: str) -> None:
+        self.mode = mode
+        self.url = url
+        self.stream = stream
+        self.seq = 0
+        self.channel: RedisStreamChannel | None = None
+        self.redis: Any = None
+
+    async def open(self, port: int) -> None:
+        if self.mode == "ours":
+            self.channel = RedisStreamChannel(
+                self.stream, HISTORY, url=self.url, prefix=""
+            )
+            await self.channel.connect()
+        else:
+            self.redis = await txredisapi.Connection("127.0.0.1", port, convertNumbers=False)
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.disconnect()
+        if self.redis is not None:
+            await self.redis.disconnect()
+
+    def publish(self, paced: bool) -> Deferred[Any]:
+        self.seq += 1
+        data = {"seq": self.seq, "t": time.time(), "paced": paced}
+        if self.channel is not None:
+            return self.channel.publish("tick", data)
+        d: Deferred[Any] = self.redis.execute_command(
+            "XADD", self.stream, "MAXLEN", "~", str(HISTORY), "*", "e", "tick", "d",
+            json.dumps(data),
+        )
+        return d
+
+
+async def measure(mode: str, redis: RedisServer, events: int, paced: int) -> dict[str, float]:
+    stream = f"bench-{mode}-{time.monotonic_ns()}"
+    publisher = Publisher(mode, redis.url, stream)
+    await publisher.open(redis.port)
+    try:
+        process = await reader(mode, redis.url, stream, events)
+        window = DeferredSemaphore(WINDOW)
+        start = time.time()
+        await gatherResults(
+            [window.run(publisher.publish, False) for _ in range(events)], consumeErrors=True
+        )
+        result = await process.result
+        throughput = events / (result["done_at"] - start)
+        await process.ended
+
+        process = await reader(mode, redis.url, stream, paced)
+        for _ in range(paced):
+            publisher.publish(True)
+            await deferLater(reactor, PACE, lambda: None)
+        latency = await process.result
+        await process.ended
+        return {
+            "throughput": throughput, "p50": latency["p50"] * 1000, "p99": latency["p99"] * 1000
+        }
+    finally:
+        await publisher.close()
+
+
+async def run(argv: list[str]) -> None:
+    quick = "--quick" in argv
+    events, paced = (2_000, 100) if quick else (30_000, 1_000)
+    redis = RedisServer(persistent=False)
+    await redis.start()
+    try:
+        best: dict[str, dict[str, float]] = {}
+        for _ in range(1 if quick else 2):
+            for mode in ("raw", "ours"):
+                result = await measure(mode, redis, events, paced)
+                previous = best.get(mode, result)
+                best[mode] = {
+                    "throughput": max(previous["throughput"], result["throughput"]),
+                    "p50": min(previous["p50"], result["p50"]),
+                    "p99": min(previous["p99"], result["p99"]),
+                }
+    finally:
+        await redis.stop()
+    ours, raw = best["ours"], best["raw"]
+    out = sys.stdout.write
+    out(
+        f"### Redis Streams channel\n\nPython {sys.version.split()[0]}; reader in a separate "
+        f"process; {events:,} events for throughput, {paced:,} paced\n\n"
+        "| metric | ours | raw txredisapi | ours / raw | target | met |\n"
+        "| --- | ---: | ---: | ---: | --- | --- |\n"
+    )
+    missed = 0
+    rows = [
+        ("events/s", "throughput", "{:,.0f}", [(">= 20,000/s", ours["throughput"] >= 20_000),
+                                              (">= 0.8x raw", ours["throughput"] >= 0.8 * raw["throughput"])]),
+        ("paced p50 ms", "p50", "{:.2f}", [("<= 2 ms", ours["p50"] <= 2.0)]),
+        ("paced p99 ms", "p99", "{:.2f}", []),
+    ]
+    for label, key, fmt, checks in rows:
+        target = "; ".join(t for t, _ in checks)
+        met = "; ".join("yes" if ok else "**no**" for _, ok in checks)
+        missed += sum(1 for _, ok in checks if not ok)
+        out(
+            f"| {label} | {fmt.format(ours[key])} | {fmt.format(raw[key])} "
+            f"| {ours[key] / raw[key]:.2f}x | {target} | {met} |\n"
+        )
+    out(f"\n{missed} target(s) missed.\n\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark; ``react`` exits the process when it is done."""
+    args = sys.argv[1:] if argv is None else argv
+    react(lambda _: Deferred.fromCoroutine(run(args)))
+
+
+if __name__ == "__main__":
+    main()
