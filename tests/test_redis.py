@@ -195,3 +195,50 @@ def test_bad_urls() -> None:
     assert "p@ss" not in str(parsed)
     with pytest.raises(ValueError, match="history_size"):
         RedisStreamChannel("x", history_size=0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_publishes_of_one_turn_share_a_round_trip_and_keep_their_order(
+    redis: RedisServer,
+) -> None:
+    from twisted.internet.defer import gatherResults
+
+    channel = await channel_on(redis)
+    try:
+        carrier = RecordingCarrier()
+        await channel.subscribe("*", carrier)
+        sent: list[str] = []
+        writer = channel._writer
+        original = writer.execute_command
+
+        def counting(*args: Any) -> Any:
+            sent.append(args[0])
+            return original(*args)
+
+        writer.execute_command = counting
+        messages = await gatherResults([channel.publish("e", n) for n in range(50)])
+        assert [m.id for m in messages] == list(range(1, 51))
+        assert [m.data for m in messages] == list(range(50))
+        assert sent == ["EVALSHA"], "one script call for the whole turn"
+        await until(lambda: len(carrier.messages) == 50)
+        assert [m.data for m in carrier.messages] == list(range(50))
+    finally:
+        await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reader_behind_the_history_bound_counts_what_it_missed(
+    redis: RedisServer,
+) -> None:
+    channel = await channel_on(redis)
+    try:
+        carrier = RecordingCarrier()
+        await channel.subscribe("*", carrier)
+        await channel.publish("e", "first")
+        await until(lambda: channel.last_id == 1)
+        # as if entries 2..9 had been trimmed before this reader got to them
+        channel._deliver("10-0", ["e", "e", "d", '"tenth"', "p", channel.epoch])
+        assert channel.missed == 8 and channel.health()["missed"] == 8
+        assert [m.data for m in carrier.messages] == ["first", "tenth"]
+    finally:
+        await channel.disconnect()
