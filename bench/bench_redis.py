@@ -15,7 +15,6 @@ the reader and redis-server processes are stopped at the end.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -23,11 +22,12 @@ from typing import Any
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater, react
 
 from tests._redis import RedisServer
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
+
+from ._processes import BenchProcess, spawn_ready
 
 WINDOW = 200
 PACE = 0.002
@@ -35,40 +35,8 @@ PACE = 0.002
 HISTORY = 100_000
 
 
-class _Reader(ProcessProtocol):
-    def __init__(self) -> None:
-        self.ready: Deferred[None] = Deferred()
-        self.result: Deferred[dict[str, Any]] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.out = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        while b"\n" in self.out:
-            line, self.out = self.out.split(b"\n", 1)
-            if line == b"READY":
-                self.ready.callback(None)
-            elif line.startswith(b"{"):
-                self.result.callback(json.loads(line))
-
-    def errReceived(self, data: bytes) -> None:
-        sys.stderr.write(data.decode(errors="replace"))
-
-    def processEnded(self, reason: Any) -> None:
-        for d in (self.ready, self.result):
-            if not d.called:
-                d.errback(RuntimeError(f"reader ended early: {reason.value}"))
-        self.ended.callback(None)
-
-
-async def reader(mode: str, url: str, stream: str, count: int) -> _Reader:
-    process = _Reader()
-    args = [sys.executable, "-m", "bench._redis_reader", mode, url, stream, str(count)]
-    reactor.spawnProcess(
-        process, sys.executable, args, env=dict(os.environ), path=os.getcwd()
-    )
-    await process.ready
-    return process
+async def reader(mode: str, url: str, stream: str, count: int) -> BenchProcess:
+    return await spawn_ready("bench._redis_reader", mode, url, stream, count)
 
 
 class Publisher:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import resource
 import sys
 import time
@@ -31,7 +30,6 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater, react
 
 from twisted_event_dispatcher import EventDispatcher
@@ -40,6 +38,7 @@ from twisted_event_dispatcher.carriers.websocket import EventWebSocketFactory
 from twisted_event_dispatcher.channels import ChannelRegistry
 
 from ._harness import options
+from ._processes import BenchProcess, spawn_ready
 
 BATCH = 50
 PACE = 0.010
@@ -47,34 +46,6 @@ PACE = 0.010
 WARM_UP = 10
 
 
-
-
-class _Clients(ProcessProtocol):
-    """The client process: its READY line and its result line."""
-
-    def __init__(self) -> None:
-        self.ready: Deferred[None] = Deferred()
-        self.result: Deferred[dict[str, Any]] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-        self.out = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-        while b"\n" in self.out:
-            line, self.out = self.out.split(b"\n", 1)
-            if line == b"READY":
-                self.ready.callback(None)
-            elif line.startswith(b"{"):
-                self.result.callback(json.loads(line))
-
-    def errReceived(self, data: bytes) -> None:
-        sys.stderr.write(data.decode(errors="replace"))
-
-    def processEnded(self, reason: Any) -> None:
-        for d in (self.ready, self.result):
-            if not d.called:
-                d.errback(RuntimeError(f"client process ended early: {reason.value}"))
-        self.ended.callback(None)
 
 
 class RawServer(WebSocketServerProtocol):
@@ -123,14 +94,8 @@ class Server:
             client.sendPreparedMessage(prepared)
 
 
-async def spawn(port: int, count: int, mode: str, expected: int) -> _Clients:
-    clients = _Clients()
-    args = [sys.executable, "-m", "bench._ws_clients", str(port), str(count), mode, str(expected)]
-    reactor.spawnProcess(
-        clients, sys.executable, args, env=dict(os.environ), path=os.getcwd()
-    )
-    await clients.ready
-    return clients
+async def spawn(port: int, count: int, mode: str, expected: int) -> BenchProcess:
+    return await spawn_ready("bench._ws_clients", port, count, mode, expected)
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 60) -> None:

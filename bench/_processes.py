@@ -1,0 +1,54 @@
+"""
+The other side of a cross-process benchmark: a ``python -m bench.<module>`` child that
+prints ``READY`` once set up, then one JSON line of results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+
+
+class BenchProcess(ProcessProtocol):
+    """Its ``READY`` line, its JSON result line, and its end."""
+
+    def __init__(self) -> None:
+        self.ready: Deferred[None] = Deferred()
+        self.result: Deferred[dict[str, Any]] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        self.out = b""
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        while b"\n" in self.out:
+            line, self.out = self.out.split(b"\n", 1)
+            if line == b"READY":
+                self.ready.callback(None)
+            elif line.startswith(b"{"):
+                self.result.callback(json.loads(line))
+
+    def errReceived(self, data: bytes) -> None:
+        sys.stderr.write(data.decode(errors="replace"))
+
+    def processEnded(self, reason: Any) -> None:
+        for d in (self.ready, self.result):
+            if not d.called:
+                d.errback(RuntimeError(f"benchmark process ended early: {reason.value}"))
+        self.ended.callback(None)
+
+
+async def spawn_ready(module: str, *args: object) -> BenchProcess:
+    """Start ``python -m <module> args...`` and wait for its READY line."""
+    process = BenchProcess()
+    argv = [sys.executable, "-m", module, *map(str, args)]
+    reactor.spawnProcess(
+        process, sys.executable, argv, env=dict(os.environ), path=os.getcwd()
+    )
+    await process.ready
+    return process
