@@ -223,6 +223,34 @@ async def test_twistd_plugin_runs_the_same_hub() -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_log_level_under_twistd() -> None:
+    from tests._hub import spawn_hub
+    from tests._redis import free_port
+
+    port = free_port()
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    process = spawn_hub(
+        "--listen", f"tcp:{port}:interface=127.0.0.1", "--log-level", "warn",
+        command=(script, "--pidfile=", "-n", "event-hub"),
+    )
+    try:
+        for _ in range(200):
+            try:
+                response = await treq.get(f"http://127.0.0.1:{port}/health")
+                break
+            except Exception:
+                await deferLater(reactor, 0.05, lambda: None)
+        assert response.code == 200
+        process.url = f"http://127.0.0.1:{port}/"
+        assert (await post(process, {"event": "x"}))[0] == 202
+        await deferLater(reactor, 0.2, lambda: None)
+    finally:
+        await process.stop()
+    assert "event hub listening" not in process.text, "info messages filtered"
+    assert '"POST /events' not in process.text
+
+
+@pytest_twisted.ensureDeferred
 async def test_log_level_filters(hub: HubProcess) -> None:
     quiet = await start_hub("--log-level", "warn")
     try:

@@ -21,9 +21,11 @@ class _EventHubMaker:
         return HubOptions
 
     def makeService(self, options: Any) -> Any:
-        from twisted_event_dispatcher.hub.service import make_service
+        from twisted_event_dispatcher.hub.service import make_service, twistd_log_observer
 
-        return make_service(options)
+        service = make_service(options)
+        service.log_observer = twistd_log_observer(options)
+        return service
 
 
 event_hub = _EventHubMaker()

@@ -190,9 +190,20 @@ class HubService(Service):
         self.endpoint = endpoint
         self.clock = clock
         self.port: IListeningPort | None = None
+        #: Set by the twistd plugin when ``--log-level`` asks for a filtered observer.
+        self.log_observer: Any = None
         #: ``http://host:port/`` once listening on TCP.
         self.url: str | None = None
         self.ready: Deferred[IListeningPort] = Deferred()
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd asks its application for an ILogObserver component before it starts
+        # logging: that is where --log-level can take effect under twistd.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    textFileLogObserver,
+)
+from twisted.python.logfile import LogFile
 
 from .app import Hub, HubService
 from .options import HubOptions
 
-__all__ = ["make_service"]
+__all__ = ["make_service", "twistd_log_observer"]
 
 
 def make_service(options: HubOptions, reactor: Any = None) -> HubService:
@@ -29,3 +38,27 @@ def make_service(options: HubOptions, reactor: Any = None) -> HubService:
         max_frame=options["max-frame"],
     )
     return HubService(hub, serverFromString(reactor, options["listen"]))
+
+
+def twistd_log_observer(options: HubOptions) -> ILogObserver | None:
+    """
+    Under twistd, the log observer that applies ``--log-level``: the file twistd itself
+    would log to (its ``--logfile``, stdout with ``-n``), filtered. None when the level is
+    the default or twistd was told to use syslog or a ``--logger`` of its own: twistd then
+    logs as usual.
+    """
+    level = options["level"]
+    twistd = getattr(options, "parent", None)
+    if level == LogLevel.info or twistd is None:
+        return None
+    if twistd.get("syslog") or twistd.get("logger"):
+        return None
+    logfile = twistd.get("logfile") or ""
+    nodaemon = bool(twistd.get("nodaemon"))
+    if logfile == "-" or (nodaemon and not logfile):
+        output: Any = sys.stdout
+    else:
+        output = LogFile.fromFullPath(logfile or "twistd.log")
+    return FilteringLogObserver(
+        textFileLogObserver(output), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
