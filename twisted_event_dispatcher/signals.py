@@ -284,7 +284,11 @@ class Signal:
             if outcome.result is None:
                 return outcome.deferred.addCallback(FireResult.handler_results)
             outcome = outcome.result  # every Deferred had already fired (e.g. failed)
-        return succeed([(receiver, value) for _, receiver, _, value in outcome._raw])
+        raw = outcome._raw
+        if len(raw) == 1:  # the common selective send: skip building a comprehension
+            _, receiver, _, value = raw[0]
+            return succeed([(receiver, value)])
+        return succeed([(receiver, value) for _, receiver, _, value in raw])
 
     # -- engine plumbing -----------------------------------------------------------------
 
