@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import react
 
 
 class BenchProcess(ProcessProtocol):
@@ -52,3 +54,20 @@ async def spawn_ready(module: str, *args: object) -> BenchProcess:
     )
     await process.ready
     return process
+
+
+def keep_best(
+    best: dict[str, dict[str, float]], mode: str, result: dict[str, float]
+) -> None:
+    """Merge one round into ``best[mode]``: the highest throughput, the lowest others."""
+    previous = best.get(mode, result)
+    best[mode] = {
+        key: max(previous[key], value) if key == "throughput" else min(previous[key], value)
+        for key, value in result.items()
+    }
+
+
+def react_main(run: Callable[[list[str]], Coroutine[Any, Any, None]]) -> None:
+    """Run ``run(argv)`` under the reactor; ``react`` exits the process when it is done."""
+    args = sys.argv[1:]
+    react(lambda _: Deferred.fromCoroutine(run(args)))

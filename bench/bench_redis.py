@@ -22,12 +22,12 @@ from typing import Any
 import txredisapi
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 
 from tests._redis import RedisServer
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 
-from ._processes import BenchProcess, spawn_ready
+from ._processes import BenchProcess, keep_best, react_main, spawn_ready
 
 WINDOW = 200
 PACE = 0.002
@@ -113,12 +113,7 @@ async def run(argv: list[str]) -> None:
         for _ in range(1 if quick else 2):
             for mode in ("raw", "ours"):
                 result = await measure(mode, redis, events, paced)
-                previous = best.get(mode, result)
-                best[mode] = {
-                    "throughput": max(previous["throughput"], result["throughput"]),
-                    "p50": min(previous["p50"], result["p50"]),
-                    "p99": min(previous["p99"], result["p99"]),
-                }
+                keep_best(best, mode, result)
     finally:
         await redis.stop()
     ours, raw = best["ours"], best["raw"]
@@ -150,11 +145,5 @@ async def run(argv: list[str]) -> None:
     out(f"\n{missed} target(s) missed.\n\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark; ``react`` exits the process when it is done."""
-    args = sys.argv[1:] if argv is None else argv
-    react(lambda _: Deferred.fromCoroutine(run(args)))
-
-
 if __name__ == "__main__":
-    main()
+    react_main(run)

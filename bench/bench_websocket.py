@@ -29,8 +29,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 
 from twisted_event_dispatcher import EventDispatcher
 from twisted_event_dispatcher.bridge import bridge
@@ -38,7 +37,7 @@ from twisted_event_dispatcher.carriers.websocket import EventWebSocketFactory
 from twisted_event_dispatcher.channels import ChannelRegistry
 
 from ._harness import options
-from ._processes import BenchProcess, spawn_ready
+from ._processes import BenchProcess, keep_best, react_main, spawn_ready
 
 BATCH = 50
 PACE = 0.010
@@ -169,16 +168,7 @@ async def run(argv: list[str]) -> None:
         for _ in range(1 if quick else 2):
             for mode in ("raw", "ours"):
                 result = await measure(mode, count, events, paced)
-                previous = best.get(mode)
-                if previous is None:
-                    best[mode] = result
-                else:
-                    best[mode] = {
-                        "throughput": max(previous["throughput"], result["throughput"]),
-                        "p50": min(previous["p50"], result["p50"]),
-                        "p99": min(previous["p99"], result["p99"]),
-                        "memory": min(previous["memory"], result["memory"]),
-                    }
+                keep_best(best, mode, result)
         ours, raw = best["ours"], best["raw"]
         rows = [
             ("deliveries/s", "throughput", "{:,.0f}", 0.9 if count == 1000 else None, ">="),
@@ -204,11 +194,5 @@ async def run(argv: list[str]) -> None:
     out(f"\n{missed} target(s) missed.\n\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark; ``react`` exits the process when it is done."""
-    args = sys.argv[1:] if argv is None else argv
-    react(lambda _: Deferred.fromCoroutine(run(args)))
-
-
 if __name__ == "__main__":
-    main()
+    react_main(run)

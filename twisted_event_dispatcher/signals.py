@@ -288,7 +288,7 @@ class Signal:
         if len(raw) == 1:  # the common selective send: skip building a comprehension
             _, receiver, _, value = raw[0]
             return succeed([(receiver, value)])
-        return succeed([(receiver, value) for _, receiver, _, value in raw])
+        return succeed(outcome.handler_results())
 
     # -- engine plumbing -----------------------------------------------------------------
 
