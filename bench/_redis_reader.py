@@ -62,6 +62,9 @@ class Counter:
     def deliver(self, message: Any) -> None:
         self.stats.got(message.data)
 
+    def notify_gap(self, channel: str, event: str, gap: Any) -> None:
+        raise AssertionError(f"the benchmark's reader missed messages: {gap}")
+
     def on_close(self, callback: Any) -> None:
         pass
 

@@ -137,8 +137,8 @@ async def test_since_parameter_and_gaps() -> None:
         expired = await server.stream("/sse?event=e&since=1")
         gap = data(await expired.wait(lambda b: b.get("event") == "_gap"))
         assert gap == {
-            "event": "e", "since": 1, "reason": "expired", "epoch": server.news.epoch,
-            "oldest": 4,
+            "channel": "news", "event": "e", "since": 1, "reason": "expired",
+            "epoch": server.news.epoch, "oldest": 4,
         }
         old_epoch = await server.stream("/sse?event=e", **{"Last-Event-ID": "0123abcd:4"})
         assert data(await old_epoch.wait(lambda b: b.get("event") == "_gap"))["reason"] == "epoch"

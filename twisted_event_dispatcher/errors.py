@@ -144,3 +144,12 @@ class UnknownChannelError(EventDispatcherError, KeyError):
 
 class ChannelUnavailableError(EventDispatcherError, ConnectionError):
     """A channel's backend (e.g. Redis) cannot be reached: the message was not published."""
+
+
+class InvalidDataError(EventDispatcherError, TypeError, ValueError):
+    """
+    Data that cannot travel as an event: not JSON-encodable, a string that is not valid
+    Unicode (a lone surrogate), NaN or an infinity, nested too deeply, or too large.
+    Raised before anything is stored or queued. A ``TypeError`` (what ``publish`` always
+    raised for unencodable data) and a ``ValueError`` (what the value is).
+    """

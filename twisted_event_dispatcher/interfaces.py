@@ -135,6 +135,15 @@ class ICarrier(Interface):
     def deliver(message: Any) -> None:
         """Queue a :class:`~twisted_event_dispatcher.channels.Message` for the client."""
 
+    def notify_gap(channel: str, event: str, gap: Any) -> None:
+        """
+        Tell the client, in order with its messages, that the messages of ``event`` on
+        ``channel`` after ``gap.since`` cannot be delivered (a
+        :class:`~twisted_event_dispatcher.channels.Gap`: why, the epoch now, the oldest
+        offset still available). Channels call it when a subscription is resumed too late,
+        and while live, when their backend lost or skipped messages.
+        """
+
     def on_close(callback: Callable[[Any], object]) -> None:
         """
         Call ``callback(carrier)`` once when the client is gone (at once if it already
@@ -160,7 +169,11 @@ class IChannel(Interface):
         Publish ``data`` (JSON-encodable) under event name ``key``.
 
         :raises TypeError: ``data`` is not JSON-encodable, or ``key`` is not a str;
-            nothing is published.
+            nothing is published. For data this is an
+            :class:`~twisted_event_dispatcher.errors.InvalidDataError` (also a
+            ``ValueError``), raised too for NaN, infinities, lone surrogates, nesting
+            deeper than :data:`~twisted_event_dispatcher.channels.message.MAX_DEPTH` and
+            data larger than the channel's ``max_data_size``.
         :raises ValueError: ``key`` is empty, too long, or reserved.
         :return: Deferred firing with the published
             :class:`~twisted_event_dispatcher.channels.Message`.

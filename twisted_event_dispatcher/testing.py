@@ -135,18 +135,23 @@ class DeferredHandler:
 @implementer(ICarrier)
 class RecordingCarrier:
     """
-    A carrier that keeps what it is given: ``messages`` (delivered, in order). Subscribe
-    it to a channel to test code that publishes, without a network. ``close()`` behaves
-    like a client going away: channels drop it.
+    A carrier that keeps what it is given: ``messages`` (delivered, in order) and
+    ``gaps`` (``(channel, event, gap)`` notices, in order). Subscribe it to a channel to
+    test code that publishes, without a network. ``close()`` behaves like a client going
+    away: channels drop it.
     """
 
     def __init__(self) -> None:
         self.closed = False
         self.messages: list[Any] = []
+        self.gaps: list[tuple[str, str, Any]] = []
         self._close_callbacks: list[Any] = []
 
     def deliver(self, message: Any) -> None:
         self.messages.append(message)
+
+    def notify_gap(self, channel: str, event: str, gap: Any) -> None:
+        self.gaps.append((channel, event, gap))
 
     def on_close(self, callback: Any) -> None:
         if self.closed:

@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..channels.base import Gap
 from ..channels.message import Message
 from ..interfaces import ICarrier
 
@@ -82,6 +83,10 @@ class QueueingCarrier(ABC):
             self._write_control(frame)
         elif not self.closed:
             self._enqueue(frame)
+
+    def notify_gap(self, channel: str, event: str, gap: Gap) -> None:
+        """Tell the client what it will not get (a ``gap`` frame), in order with messages."""
+        self.send_control(self._gap_frame(channel, event, gap))
 
     def on_close(self, callback: Callable[[Any], object]) -> None:
         """Call ``callback(self)`` once when the client is gone."""
@@ -158,6 +163,10 @@ class QueueingCarrier(ABC):
     @abstractmethod
     def _write_control(self, frame: Any) -> None:
         """Write one control frame to the client."""
+
+    @abstractmethod
+    def _gap_frame(self, channel: str, event: str, gap: Gap) -> Any:
+        """The control frame that tells the client about ``gap``."""
 
     @abstractmethod
     def _write_dropped(self, count: int) -> None:

@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..channels import registry as default_registry
-from ..channels.base import WILDCARD, Channel, Subscription, check_event_name
+from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
@@ -74,6 +74,9 @@ class SSECarrier(QueueingCarrier):
 
     def _write_control(self, frame: Any) -> None:
         self.request.write(frame)
+
+    def _gap_frame(self, channel: str, event: str, gap: Gap) -> bytes:
+        return _control("_gap", {"channel": channel, "event": event, **gap._asdict()})
 
     def _write_dropped(self, count: int) -> None:
         self.request.write(_control("_dropped", {"count": count}))
@@ -205,9 +208,7 @@ class SSEResource(Resource):
                 )
             )
             if subscription.gap is not None:
-                carrier.send_control(
-                    _control("_gap", {"event": subscription.event, **subscription.gap._asdict()})
-                )
+                carrier.notify_gap(subscription.channel, subscription.event, subscription.gap)
             replay.update((m.id, m) for m in subscription.replay)
         # several events: their missed messages, merged back into offset order, once each
         for offset in sorted(replay):

@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..channels import registry as default_registry
-from ..channels.base import Channel, Subscription, check_event_name
+from ..channels.base import Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
@@ -94,6 +94,19 @@ class WebSocketCarrier(QueueingCarrier):
 
     def _write_control(self, frame: Any) -> None:
         self.protocol.sendMessage(frame)  # type: ignore[no-untyped-call]
+
+    def _gap_frame(self, channel: str, event: str, gap: Gap) -> bytes:
+        return _frame(
+            {
+                "type": "gap",
+                "channel": channel,
+                "event": event,
+                "since": gap.since,
+                "epoch": gap.epoch,
+                "oldest": gap.oldest,
+                "reason": gap.reason,
+            }
+        )
 
     def _write_dropped(self, count: int) -> None:
         self._write_control(_frame({"type": "dropped", "count": count}))
@@ -240,21 +253,8 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
                 }
             )
         )
-        gap = subscription.gap
-        if gap is not None:
-            carrier.send_control(
-                _frame(
-                    {
-                        "type": "gap",
-                        "channel": subscription.channel,
-                        "event": subscription.event,
-                        "since": gap.since,
-                        "epoch": gap.epoch,
-                        "oldest": gap.oldest,
-                        "reason": gap.reason,
-                    }
-                )
-            )
+        if subscription.gap is not None:
+            carrier.notify_gap(subscription.channel, subscription.event, subscription.gap)
         for message in subscription.replay:
             carrier.deliver(message)
 

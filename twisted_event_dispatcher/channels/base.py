@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import ChannelClassError, UnknownChannelError
+from ..errors import ChannelClassError, InvalidDataError, UnknownChannelError
 from ..interfaces import ICarrier, IChannel
 from .message import Message, encode_json
 
@@ -35,6 +36,10 @@ __all__ = [
 WILDCARD = "*"
 #: Longest event or channel name accepted.
 MAX_NAME_LENGTH = 200
+#: Largest encoded data a channel accepts by default, in UTF-8 bytes (1 MiB).
+MAX_DATA_SIZE = 1024 * 1024
+
+_log = Logger(namespace="twisted_event_dispatcher.channels")
 
 
 def check_event_name(name: object, what: str = "event name", wildcard: bool = False) -> str:
@@ -90,9 +95,17 @@ class Channel(ABC):
     """
     Base class: subscriptions, validation and fan-out.
 
+    A carrier whose ``deliver`` raises is isolated: the failure is logged once, the
+    carrier is dropped from every subscription of the channel, and the other carriers
+    get the message as usual; ``publish`` is not affected.
+
     :param name: the channel's name.
     :param history_size: how many recent messages to keep for resuming clients.
     """
+
+    #: Largest data :meth:`publish` accepts, in bytes of its UTF-8 JSON; set it on a
+    #: channel (or a subclass) to change the bound.
+    max_data_size: int = MAX_DATA_SIZE
 
     def __init__(self, name: str, history_size: int = 1000) -> None:
         check_event_name(name, "channel name")
@@ -115,9 +128,22 @@ class Channel(ABC):
     # -- publishing ----------------------------------------------------------------------
 
     def publish(self, key: str, data: Any = None) -> Deferred[Message]:
-        """Publish ``data`` under event name ``key``; see :class:`IChannel`."""
+        """
+        Publish ``data`` under event name ``key``; see :class:`IChannel`. The data is
+        encoded (and refused with :class:`~twisted_event_dispatcher.errors.InvalidDataError`)
+        before anything is stored: a stored message can always be delivered.
+        """
         check_event_name(key)
-        return self._publish(key, data, encode_json(data))
+        data_json = encode_json(data)
+        # len() counts characters; UTF-8 takes at most 4 bytes for one.
+        if len(data_json) * 4 > self.max_data_size:
+            size = len(data_json.encode("utf-8"))
+            if size > self.max_data_size:
+                raise InvalidDataError(
+                    f"data is {size} bytes as JSON; channel {self.name!r} accepts at most "
+                    f"{self.max_data_size}"
+                )
+        return self._publish(key, data, data_json)
 
     @abstractmethod
     def _publish(self, key: str, data: Any, data_json: str) -> Deferred[Message]:
@@ -135,7 +161,33 @@ class Channel(ABC):
                 return
         # A copy: a delivery may close a carrier, which unsubscribes it (see on_close).
         for carrier in list(targets):
-            carrier.deliver(message)
+            try:
+                carrier.deliver(message)
+            except Exception:
+                self._carrier_failed(carrier, "delivering", message)
+
+    def _carrier_failed(self, carrier: ICarrier, doing: str, what: object) -> None:
+        """A carrier raised: log it (once: it is dropped) and unsubscribe it everywhere."""
+        _log.failure(
+            "channel {name}: carrier {carrier!r} failed {doing} {what!r}; dropping it",
+            name=self.name, carrier=carrier, doing=doing, what=what,
+        )
+        self.unsubscribe_all(carrier)
+
+    def _notify_gap(self, reason: str, since: int, oldest: int | None) -> None:
+        """
+        Tell every subscribed carrier that the messages after offset ``since`` (of the
+        epoch they were reading) will not reach them: ``reason`` as in :class:`Gap`,
+        ``oldest`` the first offset they will get next, if known. Called by subclasses
+        when their backend lost or skipped messages; never only a log line.
+        """
+        for event, carriers in list(self._subscribers.items()):
+            gap = Gap(since, reason, self.epoch, oldest)
+            for carrier in list(carriers):
+                try:
+                    carrier.notify_gap(self.name, event, gap)
+                except Exception:
+                    self._carrier_failed(carrier, "notifying", gap)
 
     # -- subscribing ---------------------------------------------------------------------
 

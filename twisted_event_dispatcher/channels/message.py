@@ -9,25 +9,66 @@ message and cached on it, however many clients receive it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
-__all__ = ["Message", "encode_json"]
+from ..errors import InvalidDataError
+
+__all__ = ["MAX_DEPTH", "Message", "encode_json", "json_depth"]
 
 _T = TypeVar("_T")
 
+#: Deepest nesting of arrays and objects accepted in event data (and in any JSON the
+#: hub reads): deeper documents are refused before they are parsed into handlers or stored.
+MAX_DEPTH: Final = 64
+
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# A JSON string literal, escapes included: brackets inside strings do not nest.
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
-def encode_json(value: object) -> str:
+def json_depth(text: str) -> int:
+    """How deeply arrays and objects nest in the JSON document ``text`` (0 for a scalar)."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+def encode_json(value: object, max_depth: int = MAX_DEPTH) -> str:
     """
-    Compact JSON, or ``TypeError`` naming what cannot be encoded (NaN and infinities are
-    refused too: browsers' ``JSON.parse`` rejects them).
+    Compact JSON that is valid UTF-8 when encoded, or :class:`InvalidDataError` saying
+    why not: a value JSON cannot hold, NaN or an infinity (browsers' ``JSON.parse``
+    rejects them), a lone surrogate in a string (no UTF-8 form: the frame could never be
+    written), or nesting deeper than ``max_depth``.
     """
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
+    except RecursionError:
+        raise InvalidDataError(
+            f"data must be JSON-encodable: nested deeper than {max_depth} levels"
+        ) from None
     except (TypeError, ValueError) as e:
-        raise TypeError(f"data must be JSON-encodable: {e}") from None
+        raise InvalidDataError(f"data must be JSON-encodable: {e}") from None
+    if not text.isascii():  # O(1) for ASCII text; otherwise prove it has a UTF-8 form
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidDataError(
+                f"data must be valid Unicode: a lone surrogate {text[e.start]!r} at "
+                f"character {e.start} of its JSON has no UTF-8 form"
+            ) from None
+    # Only a document with more brackets than the limit can nest deeper than it.
+    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+        raise InvalidDataError(f"data is nested deeper than {max_depth} levels")
+    return text
 
 
 class Message:
