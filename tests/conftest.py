@@ -7,12 +7,26 @@ from typing import Any
 
 import crochet
 import pytest
+from hypothesis import HealthCheck, settings
 from twisted.internet.task import Clock
 
 from twisted_event_dispatcher import EventDispatcher
 
 # The reactor is run by pytest-twisted, not by crochet: crochet must not start its own.
 crochet.no_setup()
+
+# Property-based fuzzing: "ci" (the default) is derandomized, so every run of the suite
+# tries the same examples; "long" explores new ones: pytest --hypothesis-profile=long.
+_FUZZ_CHECKS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+settings.register_profile(
+    "ci", derandomize=True, max_examples=60, deadline=None, database=None,
+    suppress_health_check=_FUZZ_CHECKS, print_blob=True,
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=_FUZZ_CHECKS,
+    print_blob=True,
+)
+settings.load_profile("ci")
 
 KEYWORDS = ("event_type", "user", "role")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 from zope.interface.verify import verifyObject
 
@@ -11,7 +13,11 @@ from twisted_event_dispatcher.channels import (
     Message,
     Subscription,
 )
-from twisted_event_dispatcher.errors import ChannelClassError, UnknownChannelError
+from twisted_event_dispatcher.errors import (
+    ChannelClassError,
+    InvalidDataError,
+    UnknownChannelError,
+)
 from twisted_event_dispatcher.interfaces import ICarrier, IChannel
 from twisted_event_dispatcher.testing import RecordingCarrier, success_result_of
 
@@ -72,12 +78,26 @@ def test_wildcard_gets_everything_once() -> None:
     assert both.events == [("weather", "sun"), ("headline", "x")], "no duplicate delivery"
 
 
+def _nested(depth: int) -> object:
+    value: object = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("key", "data", "error", "match"),
     [
         ("e", object(), TypeError, "JSON-encodable"),
         ("e", float("nan"), TypeError, "JSON-encodable"),
         ("e", {1: {2, 3}}, TypeError, "JSON-encodable"),
+        ("e", float("inf"), InvalidDataError, "NaN and infinities"),
+        ("e", "\ud800", InvalidDataError, "lone surrogate"),
+        ("e", {"k\udfff": 1}, InvalidDataError, "lone surrogate"),
+        ("e", _nested(65), InvalidDataError, "nested deeper than 64"),
+        ("e", _nested(5000), InvalidDataError, "nested deeper than 64"),
+        ("e", "x" * (1024 * 1024), InvalidDataError, "accepts at most 1048576"),
+        ("e", "é" * (600 * 1024), InvalidDataError, "is 1228802 bytes"),
         (42, None, TypeError, "event name must be a str"),
         ("", None, ValueError, "empty"),
         ("*", None, ValueError, "only valid when subscribing"),
@@ -97,6 +117,73 @@ def test_bad_publish_raises_and_queues_nothing(
     assert carrier.messages == [] and channel.last_id is None
     success_result_of(channel.publish("ok"))
     assert [m.id for m in carrier.messages] == [1], "no offset was used by the failure"
+
+
+def test_what_publish_accepts_at_the_bounds_it_delivers() -> None:
+    channel = MemoryChannel("news")
+    carrier = RecordingCarrier()
+    subscribe(channel, "*", carrier)
+    deep, text = _nested(64), "é" * (512 * 1024 - 1)  # exactly 64 levels; 1 MiB of UTF-8
+    accepted = [deep, text, "\U0001f600 \u2028 \x00", {"[": "]]]]"}]
+    for data in accepted:
+        success_result_of(channel.publish("e", data))
+    assert [m.data for m in carrier.messages] == accepted
+    for message in carrier.messages:
+        message.json.encode("utf-8")  # every stored message has a wire form
+
+
+def test_a_refused_message_is_not_stored_and_resume_goes_past_it() -> None:
+    channel = MemoryChannel("news")
+    success_result_of(channel.publish("e", 1))
+    with pytest.raises(InvalidDataError):
+        channel.publish("e", "\ud800")
+    success_result_of(channel.publish("e", 2))
+    carrier = RecordingCarrier()
+    resumed = subscribe(channel, "e", carrier, since=0)
+    assert resumed.gap is None and [m.data for m in resumed.replay] == [1, 2]
+    assert [m.id for m in resumed.replay] == [1, 2], "the refused message took no offset"
+
+
+class _Exploding(RecordingCarrier):
+    def deliver(self, message: object) -> None:
+        raise OSError("transport gone")
+
+
+def test_a_carrier_that_raises_is_dropped_and_the_others_still_get_everything() -> None:
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    logged: list[dict[str, object]] = []
+    observer = cast(ILogObserver, logged.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        channel = MemoryChannel("news")
+        before, bad, after = RecordingCarrier(), _Exploding(), RecordingCarrier()
+        for carrier in (before, bad, after):
+            subscribe(channel, "*", carrier)
+        subscribe(channel, "e", bad)
+        first = success_result_of(channel.publish("e", 1))
+        second = success_result_of(channel.publish("e", 2))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert before.messages == [first, second] and after.messages == [first, second]
+    assert channel.carrier_count == 2 and channel.subscribers("e") == []
+    failures = [e for e in logged if "log_failure" in e]
+    assert len(failures) == 1, "logged once, then dropped"
+    assert "transport gone" in str(failures[0]["log_failure"])
+
+
+def test_notify_gap_reaches_every_subscription_in_order_with_messages() -> None:
+    channel = MemoryChannel("news")
+    a, b = RecordingCarrier(), RecordingCarrier()
+    subscribe(channel, "e", a)
+    subscribe(channel, "*", b)
+    subscribe(channel, "f", b)
+    channel._notify_gap("epoch", 7, 1)
+    assert [(c, e, g.reason, g.since, g.oldest) for c, e, g in a.gaps] == [
+        ("news", "e", "epoch", 7, 1)
+    ]
+    assert sorted(e for _, e, _ in b.gaps) == ["*", "f"]
+    assert all(g.epoch == channel.epoch for _, _, g in a.gaps + b.gaps)
 
 
 def test_bad_subscribe_arguments() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from importlib import resources as package_files
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
 from ..channels.base import check_event_name
-from ..channels.message import encode_json
+from ..channels.message import MAX_DEPTH, encode_json, json_depth
+from ..errors import InvalidDataError
 from ..results import FireResult
 
 if TYPE_CHECKING:
@@ -112,10 +114,20 @@ class EventsResource(Resource):
         return NOT_DONE_YET
 
     def _parse(self, request: Request) -> tuple[str, dict[str, Any], Any]:
+        """
+        The body as ``(event, keywords, data)``, or ValueError saying what is wrong: all
+        of it is validated here, before any handler sees the event or anything is stored.
+        """
         assert request.content is not None
-        body = request.content.read()
         try:
-            payload = json.loads(body)
+            text = request.content.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"the body is not UTF-8 (invalid byte at {e.start})") from None
+        # Refused before parsing: json.loads would recurse once per level.
+        if json_depth(text) > MAX_DEPTH + 1:
+            raise ValueError(f"the body is nested deeper than {MAX_DEPTH} levels in 'data'")
+        try:
+            payload = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
         except ValueError as e:
             raise ValueError(f"the body is not valid JSON: {e}") from None
         if not isinstance(payload, dict):
@@ -141,7 +153,13 @@ class EventsResource(Resource):
                     f"keywords: value of {name!r} must be a string, number, boolean or null, "
                     f"not {type(value).__name__}"
                 )
-        return event, keywords, payload.get("data")
+        data = payload.get("data")
+        for field, value in (("keywords", keywords), ("data", data)):
+            try:
+                encode_json(value)  # lone surrogates, nesting: what publish would refuse
+            except InvalidDataError as e:
+                raise ValueError(f"{field!r}: {e}") from None
+        return event, keywords, data
 
     def _fired(self, result: FireResult, request: Request, finished: list[object]) -> None:
         outcome = next(
@@ -176,6 +194,19 @@ class EventsResource(Resource):
         if not finished:
             request.write(respond(request, 500, {"error": failure.getErrorMessage()}))
             request.finish()
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(
+        f"{name} is not JSON (browsers' JSON.parse rejects it); send null or a string"
+    )
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:40]} is out of range for a double")
+    return number
 
 
 class HealthResource(Resource):
