@@ -33,18 +33,23 @@ def main(url: str, screenshot: str) -> None:
         page = browser.new_page(viewport={"width": 1200, "height": 820})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        # the hub's Content-Security-Policy must not block anything the page does
+        page.on(
+            "console",
+            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         page.goto(url)
         page.wait_for_selector('#status[data-state="open"]', timeout=15000)
 
         page.fill("#subscribe-event", "greeting")
         page.click("#subscribe-button")
-        page.wait_for_function("document.getElementById('channel').textContent === 'events'")
+        page.wait_for_function("() => document.getElementById('channel').textContent === 'events'")
 
         page.fill("#fire-event", "greeting")
         page.fill("#fire-data", '{"text": "hello from the browser"}')
         page.click("#fire-button")
         page.wait_for_selector("#log-body tr.fresh >> text=hello from the browser")
-        page.wait_for_function("document.getElementById('fire-result').textContent !== ''")
+        page.wait_for_function("() => document.getElementById('fire-result').textContent !== ''")
         fired = page.text_content("#fire-result")
 
         # Drop the connection, fire while the page is away, and watch it resume.

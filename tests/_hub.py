@@ -12,7 +12,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_LISTENING = re.compile(rb"event hub listening on (http://[\d.]+:\d+/)")
+_LISTENING = re.compile(rb"event hub listening on (http://(?:[\d.]+|\[[0-9a-f:]+\]):\d+/)")
 
 
 class HubProcess(ProcessProtocol):

@@ -6,12 +6,16 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+
+from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -86,4 +90,20 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-__all__ = ["RedisServer", "free_port"]
+async def channel_on(redis: RedisServer, name: str = "news", **options: Any) -> RedisStreamChannel:
+    """A connected channel on ``redis`` that checks its epoch every 0.2 s when idle."""
+    channel = RedisStreamChannel(name, url=redis.url, block=200, **options)
+    await channel.connect()
+    return channel
+
+
+async def until(condition: Callable[[], bool], limit: float = 10) -> None:
+    """Wait until ``condition()`` holds (polling); AssertionError after ``limit`` s."""
+    for _ in range(int(limit / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition not reached in time")
+
+
+__all__ = ["RedisServer", "channel_on", "free_port", "until"]

@@ -274,3 +274,12 @@ def test_message_json_is_built_once_and_matches_as_dict() -> None:
     assert message.encoded("k", lambda m: calls.append(m) or "y") == "x"
     assert calls == [message]
     assert "news#1" in repr(message)
+
+
+def test_a_carrier_closed_before_its_subscription_lands_is_not_kept() -> None:
+    # A Redis resume subscribes after its reads: the client may be gone by then.
+    channel = MemoryChannel("news")
+    carrier = RecordingCarrier()
+    carrier.close()
+    subscribe(channel, "e", carrier)
+    assert channel.carrier_count == 0 and channel.subscribers("e") == []

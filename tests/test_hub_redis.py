@@ -96,6 +96,8 @@ async def test_redis_outage_is_reported_and_recovered(redis: RedisServer) -> Non
             await deferLater(reactor, 0.05, lambda: None)
         status = await health(hub)
         assert status["status"] == "degraded" and status["channel"]["redis"]["connected"] is False
+        assert status["reason"].startswith(f"Redis at redis://127.0.0.1:{redis.port}/0: ")
+        assert "down, reconnecting" in status["reason"]
         down = await post(hub, "during", 2)
         assert down["code"] == 503 and "Redis" in down["error"]
         await redis.start()
@@ -103,6 +105,11 @@ async def test_redis_outage_is_reported_and_recovered(redis: RedisServer) -> Non
             if (await health(hub))["status"] == "ok":
                 break
             await deferLater(reactor, 0.05, lambda: None)
+        status = await health(hub)
+        assert status["status"] == "ok" and "reason" not in status
+        redis_status = status["channel"]["redis"]
+        assert redis_status["reader"] is redis_status["writer"] is True
+        assert redis_status["problem"] is None and redis_status["reconnects"] >= 1
         after = await post(hub, "after", 3)
         assert after["code"] == 202 and after["id"] == 2, "nothing was published while down"
     finally:
@@ -112,10 +119,19 @@ async def test_redis_outage_is_reported_and_recovered(redis: RedisServer) -> Non
 @pytest_twisted.ensureDeferred
 async def test_unreachable_redis_and_bad_url_are_clear_errors(redis: RedisServer) -> None:
     await redis.stop()
-    unreachable = spawn_hub("--channel", "redis", "--redis-url", redis.url)
+    # Defect 12: this used to end in "cannot connect to Redis at ...: (5.0, 'Deferred')".
+    unreachable = spawn_hub(
+        "--channel", "redis", "--redis-url", f"redis://:s3cret@127.0.0.1:{redis.port}/0"
+    )
+    unreachable.listening.addErrback(lambda _: None)
     assert await unreachable.ended == 1
-    assert "cannot connect to Redis at redis://127.0.0.1:" in unreachable.text
+    assert (
+        f"Redis at redis://***@127.0.0.1:{redis.port}/0 is unreachable: no connection "
+        "within 5 s (last attempt: Connection was refused" in unreachable.text
+    ), unreachable.text
+    assert "s3cret" not in unreachable.text and "Deferred" not in unreachable.text
     bad = spawn_hub("--channel", "redis", "--redis-url", "http://nope")
+    bad.listening.addErrback(lambda _: None)
     assert await bad.ended == 2
     assert "--redis-url: a Redis URL starts with 'redis://'" in bad.text
     protected = RedisServer(password="s3cret")
@@ -124,6 +140,7 @@ async def test_unreachable_redis_and_bad_url_are_clear_errors(redis: RedisServer
         wrong = spawn_hub(
             "--channel", "redis", "--redis-url", f"redis://:wrong@127.0.0.1:{protected.port}/0"
         )
+        wrong.listening.addErrback(lambda _: None)
         assert await wrong.ended == 1
         assert "refused the credentials" in wrong.text
     finally:

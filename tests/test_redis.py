@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_twisted
+import txredisapi
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from zope.interface import implementer
 
-from tests._redis import RedisServer
+from tests._fuzz import examples
+from tests._redis import RedisServer, channel_on, free_port, until
+from twisted_event_dispatcher.channels._redis_stream import parse_entry
+from twisted_event_dispatcher.channels.message import encode_json
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel, parse_redis_url
 from twisted_event_dispatcher.errors import ChannelUnavailableError
 from twisted_event_dispatcher.testing import RecordingCarrier
@@ -22,20 +33,6 @@ async def redis() -> AsyncIterator[RedisServer]:
     await server.start()
     yield server
     await server.stop()
-
-
-async def channel_on(redis: RedisServer, name: str = "news", **kw: Any) -> RedisStreamChannel:
-    channel = RedisStreamChannel(name, url=redis.url, block=200, **kw)
-    await channel.connect()
-    return channel
-
-
-async def until(condition: Callable[[], bool], limit: float = 10) -> None:
-    for _ in range(int(limit / 0.01)):
-        if condition():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest_twisted.ensureDeferred
@@ -173,9 +170,53 @@ async def test_connection_errors_are_clear() -> None:
         await right.disconnect()
     finally:
         await protected.stop()
-    nobody = RedisStreamChannel("x", url=f"redis://127.0.0.1:{protected.port}", connect_timeout=1)
-    with pytest.raises(ChannelUnavailableError, match="cannot connect to Redis"):
+
+
+@pytest_twisted.ensureDeferred
+async def test_unreachable_redis_is_named_within_the_connect_timeout() -> None:
+    # Defect 12: a refused connection used to end in "(5.0, 'Deferred')".
+    port = free_port()
+    nobody = RedisStreamChannel(
+        "x", url=f"redis://user:s3cret@127.0.0.1:{port}/2", connect_timeout=1
+    )
+    started = time.monotonic()
+    with pytest.raises(ChannelUnavailableError) as raised:
         await nobody.connect()
+    assert time.monotonic() - started < 2.5
+    message = str(raised.value)
+    assert message.startswith(
+        f"Redis at redis://***@127.0.0.1:{port}/2 is unreachable: no connection within 1 s"
+    ), message
+    assert "refused" in message and "s3cret" not in message and "Deferred" not in message
+    # and the same again for a publish on a channel never connected: it tries to connect
+    with pytest.raises(ChannelUnavailableError, match="is unreachable"):
+        await nobody.publish("e", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_channel_used_without_connect_connects_on_first_use(redis: RedisServer) -> None:
+    # Defect 12: publish without connect() used to say "Redis ... is unreachable".
+    channel = RedisStreamChannel("lazy", url=redis.url, block=200)
+    other = RedisStreamChannel("lazy", url=redis.url, block=200)
+    try:
+        carrier = RecordingCarrier()
+        subscribed = await other.subscribe("*", carrier)
+        assert subscribed.epoch == other.epoch and other.connected
+        first, second = await gatherResults([channel.publish("e", 1), channel.publish("e", 2)])
+        assert (first.id, second.id) == (1, 2) and channel.connected
+        assert first.epoch == other.epoch
+        await until(lambda: [m.data for m in carrier.messages] == [1, 2])
+        await channel.disconnect()
+        with pytest.raises(ChannelUnavailableError, match=r"disconnected .*call connect\(\)"):
+            await channel.publish("e", 3)
+        with pytest.raises(ChannelUnavailableError, match=r"call connect\(\)"):
+            await channel.subscribe("e", RecordingCarrier())
+        await channel.connect()
+        assert (await channel.publish("e", 3)).id == 3
+        await until(lambda: len(carrier.messages) == 3)
+    finally:
+        await channel.disconnect()
+        await other.disconnect()
 
 
 def test_bad_urls() -> None:
@@ -185,6 +226,7 @@ def test_bad_urls() -> None:
         ("redis://127.0.0.1:notaport", "bad port"),
         ("redis://127.0.0.1/db", "must be a number"),
         ("redis://127.0.0.1/0?x=1", "unexpected query"),
+        ("redis://:s3cret@127.0.0.1:notaport", r"bad port in Redis URL 'redis://:\*\*\*@"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse_redis_url(url)
@@ -201,8 +243,6 @@ def test_bad_urls() -> None:
 async def test_publishes_of_one_turn_share_a_round_trip_and_keep_their_order(
     redis: RedisServer,
 ) -> None:
-    from twisted.internet.defer import gatherResults
-
     channel = await channel_on(redis)
     try:
         carrier = RecordingCarrier()
@@ -227,18 +267,224 @@ async def test_publishes_of_one_turn_share_a_round_trip_and_keep_their_order(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_reader_behind_the_history_bound_counts_what_it_missed(
-    redis: RedisServer,
-) -> None:
-    channel = await channel_on(redis)
+async def test_a_reader_behind_the_history_bound_tells_its_clients(redis: RedisServer) -> None:
+    # Defect 3: a reader that fell behind MAXLEN used to only log and count.
+    channel = await channel_on(redis, history_size=5)
+    writer = await channel_on(redis, history_size=5)
     try:
         carrier = RecordingCarrier()
         await channel.subscribe("*", carrier)
-        await channel.publish("e", "first")
-        await until(lambda: channel.last_id == 1)
-        # as if entries 2..9 had been trimmed before this reader got to them
-        channel._deliver("10-0", ["e", "e", "d", '"tenth"', "p", channel.epoch])
-        assert channel.missed == 8 and channel.health()["missed"] == 8
-        assert [m.data for m in carrier.messages] == ["first", "tenth"]
+        await writer.publish("e", 0)
+        await until(lambda: len(carrier.messages) == 1)
+        # one script call adds (and trims) all 300 before the reader can read any of them
+        await gatherResults([writer.publish("e", n) for n in range(1, 301)])
+        await until(lambda: carrier.messages[-1].data == 300)
+        assert len(carrier.gaps) == 1
+        _, event, gap = carrier.gaps[0]
+        first = carrier.messages[1].id
+        assert (event, gap.reason, gap.since, gap.oldest) == ("*", "expired", 1, first)
+        assert first > 2 and channel.missed == first - 2
+        assert [m.id for m in carrier.messages[1:]] == list(range(first, 302))
+        health = channel.health()
+        assert health["missed"] == first - 2 and health["gaps"] == 1
     finally:
+        await channel.disconnect()
+        await writer.disconnect()
+
+
+async def raw_connection(redis: RedisServer) -> Any:
+    """A plain txredisapi connection, to write to the stream as another program would."""
+    connection = await txredisapi.Connection(
+        "127.0.0.1", redis.port, reconnect=False, convertNumbers=False
+    )
+    return connection
+
+
+@implementer(ILogObserver)
+class RedisLog:
+    """Collects what the channel logs, to count its lines."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twisted_event_dispatcher.redis":
+            self.events.append(event)
+
+    def __enter__(self) -> RedisLog:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)
+
+    def lines(self, containing: str) -> list[str]:
+        texts = [formatEvent(e) for e in self.events]
+        return [t for t in texts if containing in t]
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_stream_entries_are_skipped_and_reading_goes_on(
+    redis: RedisServer,
+) -> None:
+    channel = await channel_on(redis, "poison")
+    raw = await raw_connection(redis)
+    try:
+        carrier = RecordingCarrier()
+        await channel.subscribe("*", carrier)
+        first = await channel.publish("e", "first")
+        epoch = channel.epoch
+        good = ["e", "e", "d", '"x"', "p", epoch]
+        garbage: list[tuple[str, list[Any]]] = [
+            ("2-0", ["e", "e", "p", epoch]),  # no data
+            ("3-0", ["e", "e", "d", "{not json", "p", epoch]),
+            ("4-0", ["e", "e", "d", b'"\xff\xfe"', "p", epoch]),  # not UTF-8
+            ("5-0", ["e", "e", "d", "NaN", "p", epoch]),
+            ("6-0", ["e", "_reserved", "d", "1", "p", epoch]),
+            ("7-0", ["e", "a\nb", "d", "1", "p", epoch]),
+            ("8-0", ["e", "e", "d", "1", "p", "bad epoch!"]),
+            ("8-1", good),  # not an offset
+            ("9-0", ["e", "e", "d", "[" * 100 + "]" * 100, "p", epoch]),
+            ("10-0", ["e", "e", "d", '"\\ud800"', "p", epoch]),
+            ("11-0", ["e", "e", "d", "1\n", "p", epoch]),
+            ("12-0", ["e", "e", "d", '"old"', "p", "0123456789abcdef"]),  # another epoch
+            ("*", ["x", "y"]),  # a time-based id, far beyond the offsets
+        ]
+        with RedisLog() as log:
+            for entry_id, fields in garbage:
+                await raw.execute_command("XADD", "ted:poison", entry_id, *fields)
+            # publishing goes on past the garbage's ids, and the reader reads on
+            second = await channel.publish("e", "second")
+            third = await channel.publish("f", "third")
+            await until(lambda: len(carrier.messages) == 3)
+            skipped = log.lines("skipped stream entry")
+            other_epoch = log.lines("of another epoch")
+        assert [m.data for m in carrier.messages] == ["first", "second", "third"]
+        assert [m.id for m in carrier.messages] == [first.id, second.id, third.id]
+        assert second.id > 1_000_000_000_000 and third.id == second.id + 1
+        assert carrier.gaps == [] and channel.connected
+        assert channel.skipped == len(garbage) and channel.health()["skipped"] == len(garbage)
+        assert len(skipped) == len(garbage) - 1 and len(other_epoch) == 1, log.events
+        reasons = [
+            "no field 'd'", "not JSON", "not UTF-8", "bad event name", "not '<offset>-0'",
+            "deeper than 64", "not valid Unicode", "line break", "epoch 'bad epoch!'",
+        ]
+        for reason in reasons:
+            assert any(reason in line for line in skipped), reason
+        assert not [e for e in log.events if "log_failure" in e]
+        # a resume reads through the same entries
+        resumed = await channel.subscribe("*", RecordingCarrier(), since=1, epoch=epoch)
+        assert resumed.gap is None
+        assert [m.data for m in resumed.replay] == ["second", "third"]
+        only_f = await channel.subscribe("f", RecordingCarrier(), since=1, epoch=epoch)
+        assert [m.data for m in only_f.replay] == ["third"]
+    finally:
+        raw.disconnect()
+        await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_is_degraded_while_the_reading_connection_is_down(
+    redis: RedisServer,
+) -> None:
+    # Defect 3: "connected" used to come back as soon as the publishing connection worked.
+    channel = RedisStreamChannel("down", url=redis.url, block=200)
+    channel.RECONNECT_INITIAL = 2.0  # the reader comes back after about 2 s
+    await channel.connect()
+    raw = await raw_connection(redis)
+    try:
+        assert channel.health()["problem"] is None
+        reader_id = None
+        for _ in range(100):
+            for line in (await raw.execute_command("CLIENT", "LIST")).splitlines():
+                fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+                if fields.get("cmd") == "xread":
+                    reader_id = fields["id"]
+            if reader_id:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        assert reader_id is not None
+        await raw.execute_command("CLIENT", "KILL", "ID", reader_id)
+        await until(lambda: not channel.connected)
+        for _ in range(50):  # and it stays so while the reader is away (about 2 s)
+            health = channel.health()
+            assert health["connected"] is False and health["reader"] is False
+            assert health["writer"] is True
+            assert "the reading connection is down" in health["problem"]
+            await deferLater(reactor, 0.02, lambda: None)
+        await until(lambda: channel.connected)
+        assert channel.health()["problem"] is None and channel.reconnects == 1
+        carrier = RecordingCarrier()
+        await channel.subscribe("*", carrier)
+        await channel.publish("e", "after")
+        await until(lambda: len(carrier.messages) == 1)
+    finally:
+        raw.disconnect()
+        await channel.disconnect()
+
+
+_names = st.sampled_from(["e", "d", "p", "x", ""])
+_values = st.one_of(
+    st.text(max_size=30),
+    st.binary(max_size=30),
+    st.sampled_from(['"x"', "1", "[]", "{}", "NaN", '"\\ud800"', "abcdef0123", "tick"]),
+    st.recursive(st.just("1"), lambda inner: inner.map(lambda t: f"[{t}]"), max_leaves=80),
+)
+_fields = st.lists(st.tuples(_names, _values), max_size=5).map(
+    lambda pairs: [item for pair in pairs for item in pair]
+)
+_json_texts = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=12,
+).map(json.dumps)  # NaN, infinities and escaped lone surrogates among them
+_near_messages = st.tuples(
+    st.one_of(st.just("tick"), st.text(max_size=10)),
+    st.one_of(_json_texts, st.text(max_size=20)),
+    st.one_of(st.just("abcdef0123"), st.text(max_size=10)),
+).map(lambda t: ["e", t[0], "d", t[1], "p", t[2]])
+_ids = st.one_of(
+    st.sampled_from(["1-0", "5-0", "5-1", "0-1", "99999999999999999999-0", "-0", "x-0"]),
+    st.text(max_size=12),
+    st.none(),
+)
+
+
+@settings(max_examples=300)
+@given(
+    entry_id=st.one_of(st.just("7-0"), _ids),
+    fields=st.one_of(_near_messages, _fields, st.none(), st.integers()),
+)
+def test_parse_entry_never_raises_and_only_lets_deliverable_messages_through(
+    entry_id: Any, fields: Any
+) -> None:
+    message = parse_entry(entry_id, fields, "fuzz")
+    if isinstance(message, str):
+        assert message
+        return
+    # everything a carrier will do with it works
+    assert json.loads(message.json)["data"] == message.data
+    message.json.encode("utf-8")
+    assert encode_json(message.data) and "\n" not in message.data_json
+    assert message.epoch.isalnum() and message.id >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fuzzed_entries_written_to_the_stream_never_stop_the_reader(
+    redis: RedisServer,
+) -> None:
+    channel = await channel_on(redis, "fuzz")
+    raw = await raw_connection(redis)
+    try:
+        carrier = RecordingCarrier()
+        await channel.subscribe("*", carrier)
+        with RedisLog() as log:
+            for fields in examples(st.one_of(_near_messages, _fields.filter(bool)), 40):
+                await raw.execute_command("XADD", "ted:fuzz", "*", *fields)
+            after = await channel.publish("e", "after")
+            await until(lambda: [m.data for m in carrier.messages][-1:] == ["after"])
+        assert carrier.messages[-1].id == after.id and channel.connected
+        assert not [e for e in log.events if "log_failure" in e]
+    finally:
+        raw.disconnect()
         await channel.disconnect()

@@ -160,6 +160,16 @@ async def test_gap_when_history_cannot_fill_it() -> None:
         (b'{"type": "subscribe", "event": "a", "since": -1}', "since must be an offset"),
         (b'{"type": "subscribe", "event": "a", "since": 1, "epoch": 2}', "epoch must be a"),
         (b'{"type": "unsubscribe", "event": "a"}', "not subscribed to 'a'"),
+        # issue 9, defect 6: these used to drop the connection without a close frame
+        (b'{"type": "ping", "id": ' + b"[" * 30000 + b"]" * 30000 + b"}", "deeper than 64"),
+        (b"[" * 65 + b"]" * 65, "deeper than 64"),
+        (b'{"type": "\\ud800"}', r"unknown request type '\ud800'"),
+        (b'{"type": "ping", "id": "\\udfff"}', "ping id cannot be echoed: data must be valid"),
+        (b'{"type": "ping", "id": NaN}', "malformed JSON: NaN is not valid JSON"),
+        (b'{"type": "ping", "id": -Infinity}', "malformed JSON: -Infinity is not valid JSON"),
+        (b'{"type": "ping", "id": 1e999}', "malformed JSON: number 1e999 is out of range"),
+        (b'{"type": "ping", "id": "' + b"i" * 300 + b'"}', "ping id is longer than 256"),
+        (b'{"type": "subscribe", "event": "a", "since": 9223372036854775808}', "to 2**63-1"),
     ],
 )
 @pytest_twisted.ensureDeferred

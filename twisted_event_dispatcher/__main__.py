@@ -22,7 +22,7 @@ from twisted.logger import (
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
-    formatEvent,
+    eventAsText,
     globalLogBeginner,
 )
 from twisted.python import usage
@@ -35,8 +35,15 @@ USAGE = """usage: python -m twisted_event_dispatcher [serve|demo] [options]
 
 
 def _log_to_stdout(level: LogLevel) -> None:
-    def text(event: LogEvent) -> str:
-        return f"{formatEvent(event)}\n"
+    """
+    Log events of ``level`` and above to stdout, one message a line, each failure followed
+    by its traceback (an event may have no message but a failure: Twisted logs
+    ``Unhandled error in Deferred`` and failures in a resource or protocol that way).
+    """
+
+    def text(event: LogEvent) -> str | None:
+        line = eventAsText(event, includeTimestamp=False, includeSystem=False).strip("\n")
+        return f"{line}\n" if line.strip() else None
 
     observer = FilteringLogObserver(
         cast(ILogObserver, FileLogObserver(sys.stdout, text)),

@@ -6,9 +6,15 @@ The carrier registers itself as the transport's streaming producer (``IPushProdu
 While the transport keeps up, items are written at once; when its buffer fills, Twisted
 calls :meth:`pauseProducing` and items wait in the queue; :meth:`resumeProducing` writes
 them out. The queue is bounded: past ``max_queue`` the policy either drops the oldest
-items (the client is told how many messages it missed before the next one it gets) or
+messages (the client is told how many it missed before the next one it gets) or
 disconnects the client. So a slow client never slows the others, nor grows memory
 without bound.
+
+Control frames (answers to the client's requests, gap notices) count towards
+``max_queue`` but are never dropped: a client that is not told it missed something must
+not miss it. Under ``drop_oldest`` the oldest queued *message* makes room; when the queue
+holds nothing but control frames, the client keeps asking without reading, and it is
+disconnected like a slow client under ``disconnect``.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class QueueingCarrier(ABC):
         self.overflow = overflow
         self.closed = False
         self._queue: deque[Message | Any] = deque()
+        # Control frames that were ahead of dropped messages: written before the queue.
+        self._held: deque[Any] = deque()
         self._paused = False
         # True while items can be written at once: open, not paused, nothing queued.
         self._writable = True
@@ -97,8 +105,8 @@ class QueueingCarrier(ABC):
 
     @property
     def queued(self) -> int:
-        """Items waiting for the client to read."""
-        return len(self._queue)
+        """Items waiting for the client to read (messages and control frames)."""
+        return len(self._queue) + len(self._held)
 
     # -- IPushProducer -------------------------------------------------------------------
 
@@ -122,6 +130,7 @@ class QueueingCarrier(ABC):
         self.closed = True
         self._writable = False
         self._queue.clear()
+        self._held.clear()
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             try:
@@ -132,19 +141,35 @@ class QueueingCarrier(ABC):
     def _enqueue(self, item: Message | Any) -> None:
         self._writable = False
         queue = self._queue
-        if len(queue) >= self.max_queue:
-            if self.overflow == DISCONNECT:
-                queue.clear()
-                self._overflowed()
-                return
-            dropped = queue.popleft()
-            if isinstance(dropped, Message):
-                self._dropped += 1
+        if len(queue) + len(self._held) >= self.max_queue and not (
+            self.overflow == DROP_OLDEST and self._drop_oldest_message()
+        ):
+            queue.clear()
+            self._held.clear()
+            self._overflowed()
+            return
         queue.append(item)
 
-    def _flush(self) -> None:
+    def _drop_oldest_message(self) -> bool:
+        """
+        Drop the oldest queued message and count it; the control frames ahead of it move
+        to ``_held`` (each at most once: amortized O(1)). False if no message is queued.
+        """
         queue = self._queue
-        while queue and not self._paused and not self.closed:
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, Message):
+                self._dropped += 1
+                return True
+            self._held.append(item)
+        return False
+
+    def _flush(self) -> None:
+        queue, held = self._queue, self._held
+        while (held or queue) and not self._paused and not self.closed:
+            if held:
+                self._write_control(held.popleft())
+                continue
             if self._dropped:
                 dropped, self._dropped = self._dropped, 0
                 self._write_dropped(dropped)
@@ -154,7 +179,7 @@ class QueueingCarrier(ABC):
                 self._write_message(item)
             else:
                 self._write_control(item)
-        self._writable = not (queue or self._paused or self.closed)
+        self._writable = not (held or queue or self._paused or self.closed)
 
     @abstractmethod
     def _write_message(self, message: Message) -> None:
@@ -174,4 +199,7 @@ class QueueingCarrier(ABC):
 
     @abstractmethod
     def _overflowed(self) -> None:
-        """The queue is full under the DISCONNECT policy: close the connection."""
+        """
+        The queue is full under the DISCONNECT policy, or full of control frames under
+        DROP_OLDEST (nothing may be dropped): close the connection.
+        """

@@ -51,15 +51,37 @@ def _control(event: str, payload: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {encode_json(payload)}\n\n".encode()
 
 
+#: Offsets are 64-bit (Redis stream ids); a larger ``since`` is a client error.
+MAX_OFFSET = 2**63 - 1
+#: Longest epoch a client may send back (ours are 16 hex digits).
+MAX_EPOCH_LENGTH = 64
+
+
 def parse_last_event_id(value: str) -> tuple[int, str | None]:
     """
     ``"<epoch>:<offset>"`` (what this carrier sends as ``id``) or a bare ``"<offset>"``
-    as ``(offset, epoch or None)``; ``ValueError`` otherwise.
+    as ``(offset, epoch or None)``; ``ValueError`` otherwise. Only ASCII digits and
+    letters count (``"\\u0663"`` is a digit to Python, not an offset).
     """
     epoch, _, offset = value.strip().rpartition(":")
-    if not offset.isdigit() or (epoch and not epoch.isalnum()):
-        raise ValueError(f"expected '<epoch>:<offset>' or '<offset>', got {value!r}")
+    if (
+        not (offset.isascii() and offset.isdigit())
+        or (epoch and not (epoch.isascii() and epoch.isalnum()))
+        or len(offset) > 20
+        or len(epoch) > MAX_EPOCH_LENGTH
+        or int(offset) > MAX_OFFSET
+    ):
+        shown = value if len(value) <= 100 else value[:100] + "…"
+        raise ValueError(f"expected '<epoch>:<offset>' or '<offset>', got {shown!r}")
     return int(offset), epoch or None
+
+
+def _text(value: bytes, what: str) -> str:
+    """Client bytes as text; a ``ValueError`` naming ``what`` (a 400) if not UTF-8."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
 
 
 class SSECarrier(QueueingCarrier):
@@ -177,18 +199,21 @@ class SSEResource(Resource):
 
     def _parse(self, request: Request) -> tuple[Channel, list[str], int | None, str | None]:
         args = request.args or {}
-        names = [n.decode("utf-8") for n in args.get(b"channel", [])]
+        names = [_text(n, "query parameter 'channel'") for n in args.get(b"channel", [])]
         if len(names) > 1:
             raise ValueError("give at most one 'channel'")
         channel: Channel = self.channels[names[0] if names else self.default_channel]
-        events = list(dict.fromkeys(e.decode("utf-8") for e in args.get(b"event", [])))
+        events = list(
+            dict.fromkeys(_text(e, "query parameter 'event'") for e in args.get(b"event", []))
+        )
         for event in events:
             check_event_name(event, wildcard=True)
         if len(events) > self.max_events:
             raise ValueError(f"at most {self.max_events} events per stream")
-        resume = request.getHeader("last-event-id")
+        raw = request.getHeader(b"last-event-id")
+        resume = None if raw is None else _text(raw, "the Last-Event-ID header")
         if resume is None and b"since" in args:
-            resume = args[b"since"][0].decode("utf-8")
+            resume = _text(args[b"since"][0], "query parameter 'since'")
         since, epoch = parse_last_event_id(resume) if resume else (None, None)
         return channel, events or [WILDCARD], since, epoch
 
@@ -218,6 +243,7 @@ class SSEResource(Resource):
         _log.failure("SSE subscribe failed", failure=failure)
         if not carrier.closed:
             carrier.send_control(_control("_error", {"reason": failure.getErrorMessage()}))
+            carrier.request.unregisterProducer()  # before finish(), which insists on it
             carrier.request.finish()
 
     def _refuse(self, request: Request, code: int, reason: str) -> bytes:
@@ -229,4 +255,5 @@ class SSEResource(Resource):
         """End every stream (e.g. on shutdown); browsers will try to reconnect."""
         for carrier in list(self.streams):
             if not carrier.closed:
+                carrier.request.unregisterProducer()  # before finish(), which insists on it
                 carrier.request.finish()

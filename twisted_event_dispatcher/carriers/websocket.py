@@ -9,7 +9,7 @@ Client to server:
   with ``since`` the messages after that offset still in the history are replayed first,
   or a ``gap`` frame says they cannot be;
 * ``{"type": "unsubscribe", "event": name, "channel": optional}``;
-* ``{"type": "ping"}`` (an ``"id"`` is echoed).
+* ``{"type": "ping"}`` (an ``"id"`` is echoed: a JSON value of at most 256 characters).
 
 Server to client:
 
@@ -22,15 +22,20 @@ Server to client:
 * ``{"type": "error", "reason", "request"?}`` — a bad request; the connection stays open;
 * ``{"type": "pong", "id"?}``.
 
-Malformed JSON, unknown types, bad fields and binary frames get an ``error`` frame; frames
-over the size limit close the connection with 1009 (message too big), a client that cannot
-keep up under the ``disconnect`` policy with 1008 (policy violation). Each event frame is
-encoded once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
+Malformed JSON (NaN and infinities included), JSON nested deeper than
+:data:`~twisted_event_dispatcher.channels.message.MAX_DEPTH`, unknown types, bad fields and
+binary frames get an ``error`` frame; the reason quotes the client's values shortened and
+escaped, so it can always be sent. Frames over the size limit close the connection with
+1009, invalid UTF-8 in a text frame with 1007, protocol violations with 1002, a client that
+cannot keep up under the ``disconnect`` policy, or that keeps asking without reading, with
+1008 (policy violation), and a failure of ours with 1011. A WebSocket ping is answered
+with a pong at once; while the client is not reading, only the latest ping is answered
+(RFC 6455 allows it), so a ping flood cannot grow the server. Each event frame is encoded
+once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -42,6 +47,8 @@ from twisted.python.failure import Failure
 from ..channels import registry as default_registry
 from ..channels.base import Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
+from ..errors import InvalidDataError
+from ._requests import BadRequest, clip, parse_request, show
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
 __all__ = ["EventWebSocketFactory", "EventWebSocketProtocol", "WebSocketCarrier"]
@@ -52,6 +59,12 @@ _log = Logger(namespace="twisted_event_dispatcher.websocket")
 CLOSE_TOO_SLOW = 1008
 #: Close code when the server shuts down.
 CLOSE_GOING_AWAY = 1001
+#: Close code when handling a request failed on our side (logged with its traceback).
+CLOSE_INTERNAL_ERROR = 1011
+#: Longest ``id`` of a ``ping`` request echoed in the ``pong``, in characters of JSON.
+MAX_PING_ID = 256
+#: Largest ``since`` offset (offsets are 63-bit integers, as Redis stream ids).
+MAX_OFFSET = 2**63 - 1
 
 
 class WebSocketCarrier(QueueingCarrier):
@@ -68,6 +81,8 @@ class WebSocketCarrier(QueueingCarrier):
         # per-call bookkeeping, which costs more than the write on a large broadcast.
         transport: Any = protocol.transport
         self._send_frame = transport.write
+        # The payload of the latest ping received while paused: the one pong owed.
+        self._pong: bytes | None = None
 
     def deliver(self, message: Message) -> None:
         # The broadcast hot path: QueueingCarrier.deliver with _write_message inlined.
@@ -95,6 +110,26 @@ class WebSocketCarrier(QueueingCarrier):
     def _write_control(self, frame: Any) -> None:
         self.protocol.sendMessage(frame)  # type: ignore[no-untyped-call]
 
+    @property
+    def paused(self) -> bool:
+        """True while the transport's buffer is full (the client is not reading)."""
+        return self._paused
+
+    def owe_pong(self, payload: bytes) -> None:
+        """
+        Answer a ping received while paused once the client reads again: only the latest
+        one is owed (RFC 6455, 5.5.3), so a ping flood costs one pending pong, not one
+        buffered pong per ping.
+        """
+        self._pong = payload
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        pong = self._pong
+        if pong is not None and not self._paused and not self.closed:
+            self._pong = None
+            self.protocol.sendPong(pong)  # type: ignore[no-untyped-call]
+
     def _gap_frame(self, channel: str, event: str, gap: Gap) -> bytes:
         return _frame(
             {
@@ -113,8 +148,8 @@ class WebSocketCarrier(QueueingCarrier):
 
     def _overflowed(self) -> None:
         _log.info(
-            "closing {peer}: too slow, {n} messages queued", peer=self.protocol.peer,
-            n=self.max_queue,
+            "closing {peer}: not reading, {n} frames queued ({policy})",
+            peer=self.protocol.peer, n=self.max_queue, policy=self.overflow,
         )
         self.protocol.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
         self.protocol.dropConnection(abort=True)
@@ -144,10 +179,6 @@ def origin_patterns(origins: Sequence[str]) -> list[str]:
 
 def _frame(payload: Mapping[str, Any]) -> bytes:
     return encode_json(payload).encode("utf-8")
-
-
-class _BadRequest(Exception):
-    """A client request that gets an ``error`` frame."""
 
 
 class EventWebSocketProtocol(WebSocketServerProtocol):
@@ -195,47 +226,64 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
 
     # -- requests ------------------------------------------------------------------------
 
+    def onPing(self, payload: bytes) -> None:
+        # Autobahn answers each ping with a pong written at once, whether the client reads
+        # or not: while it does not, owe it one pong for the latest ping instead.
+        carrier = self.carrier
+        if carrier is not None and carrier.paused:
+            carrier.owe_pong(payload)
+        elif self.state == self.STATE_OPEN:
+            self.sendPong(payload)  # type: ignore[no-untyped-call]
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         request_type = None
         try:
             if isBinary:
-                raise _BadRequest("binary frames are not supported; send JSON text frames")
-            try:
-                request = json.loads(payload)
-            except ValueError as e:
-                raise _BadRequest(f"malformed JSON: {e}") from None
-            if not isinstance(request, dict):
-                raise _BadRequest("a request must be a JSON object")
+                raise BadRequest("binary frames are not supported; send JSON text frames")
+            request = parse_request(payload)
             request_type = request.get("type")
             handler = self._handlers.get(request_type) if isinstance(request_type, str) else None
             if handler is None:
-                raise _BadRequest(
-                    f"unknown request type {request_type!r}; "
+                raise BadRequest(
+                    f"unknown request type {show(request_type)}; "
                     "expected 'subscribe', 'unsubscribe' or 'ping'"
                 )
             handler(self, request)
-        except (_BadRequest, TypeError, ValueError) as e:
+        except (BadRequest, TypeError, ValueError) as e:
             self._error(str(e), request_type)
+        except Exception:
+            # A bug of ours, not a bad request: say so with a close code, never by
+            # dropping the connection, and log it once (the connection ends).
+            _log.failure("closing {peer}: handling a request failed", peer=self.peer)
+            self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
 
     def _subscribe(self, request: dict[str, Any]) -> None:
         channel, event = self._target(request)
         since = request.get("since")
         if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
-            raise _BadRequest(f"since must be an integer offset, got {since!r}")
+            raise BadRequest(f"since must be an integer offset, got {show(since)}")
+        if since is not None and not 0 <= since <= MAX_OFFSET:
+            raise BadRequest(f"since must be an offset from 0 to 2**63-1, got {show(since)}")
         epoch = request.get("epoch")
         if epoch is not None and not isinstance(epoch, str):
-            raise _BadRequest(f"epoch must be a string, got {epoch!r}")
+            raise BadRequest(f"epoch must be a string, got {show(epoch)}")
         key = (channel.name, event)
-        if key not in self._subscriptions:
+        new = key not in self._subscriptions
+        if new:
             if len(self._subscriptions) >= self.factory.max_subscriptions:
-                raise _BadRequest(
+                raise BadRequest(
                     f"subscription limit reached ({self.factory.max_subscriptions} "
                     "per connection)"
                 )
             self._subscriptions[key] = channel
         carrier = self.carrier
         assert carrier is not None
-        d = channel.subscribe(event, carrier, since, epoch)
+        try:
+            d = channel.subscribe(event, carrier, since, epoch)
+        except Exception:
+            if new:  # refused at once: it holds no slot
+                self._subscriptions.pop(key, None)
+            raise
         d.addCallbacks(self._subscribed, self._subscribe_failed, errbackArgs=(key,))
 
     def _subscribed(self, subscription: Subscription) -> None:
@@ -266,7 +314,9 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
     def _unsubscribe(self, request: dict[str, Any]) -> None:
         channel, event = self._target(request)
         if self._subscriptions.pop((channel.name, event), None) is None:
-            raise _BadRequest(f"not subscribed to {event!r} on channel {channel.name!r}")
+            raise BadRequest(
+                f"not subscribed to {show(event)} on channel {show(channel.name)}"
+            )
         carrier = self.carrier
         assert carrier is not None
         channel.unsubscribe(event, carrier)
@@ -275,11 +325,17 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         )
 
     def _ping(self, request: dict[str, Any]) -> None:
-        pong: dict[str, Any] = {"type": "pong"}
+        frame = b'{"type":"pong"}'
         if "id" in request:
-            pong["id"] = request["id"]
+            try:
+                id_json = encode_json(request["id"])
+            except InvalidDataError as e:
+                raise BadRequest(f"ping id cannot be echoed: {e}") from None
+            if len(id_json) > MAX_PING_ID:
+                raise BadRequest(f"ping id is longer than {MAX_PING_ID} characters as JSON")
+            frame = b'{"type":"pong","id":' + id_json.encode("utf-8") + b"}"
         assert self.carrier is not None
-        self.carrier.send_control(_frame(pong))
+        self.carrier.send_control(frame)
 
     _handlers: dict[str, Callable[[EventWebSocketProtocol, dict[str, Any]], None]] = {
         "subscribe": _subscribe,
@@ -290,21 +346,23 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
     def _target(self, request: dict[str, Any]) -> tuple[Channel, str]:
         event = request.get("event")
         if event is None:
-            raise _BadRequest("missing 'event'")
+            raise BadRequest("missing 'event'")
         check_event_name(event, wildcard=True)
         name = request.get("channel", self.factory.default_channel)
         if not isinstance(name, str):
-            raise _BadRequest(f"channel must be a string, got {name!r}")
+            raise BadRequest(f"channel must be a string, got {show(name)}")
         try:
             channel = self.factory.channels[name]
         except KeyError:
-            raise _BadRequest(f"unknown channel {name!r}") from None
+            raise BadRequest(f"unknown channel {show(name)}") from None
         return channel, event
 
     def _error(self, reason: str, request_type: object = None) -> None:
-        frame: dict[str, Any] = {"type": "error", "reason": reason}
-        if isinstance(request_type, str):
-            frame["request"] = request_type
+        frame: dict[str, Any] = {"type": "error", "reason": clip(reason)}
+        # Echo the request's type only when it is short and printable (always encodable).
+        if isinstance(request_type, str) and len(request_type) <= 60:
+            if request_type.isprintable():
+                frame["request"] = request_type
         if self.carrier is not None:
             self.carrier.send_control(_frame(frame))
 

@@ -213,6 +213,10 @@ class Channel(ABC):
         """Compute the replay (or gap), then :meth:`_add` the carrier, atomically."""
 
     def _add(self, event: str, carrier: ICarrier) -> None:
+        if carrier.closed:
+            # Gone while an asynchronous subscribe (a Redis resume) was on its way: its
+            # close callbacks have run already, so it would never be unsubscribed.
+            return
         events = self._carriers.get(carrier)
         if events is None:
             events = self._carriers[carrier] = set()

@@ -8,33 +8,45 @@ share a channel's events, in one order, with resume after reconnect.
   1, 2, 3, ... like a MemoryChannel's, and safe as JavaScript numbers. Publishes made
   in the same reactor turn share one script call (one round trip).
 * **Epoch**: kept in Redis next to the stream. If Redis loses the stream (restarted
-  without persistence, flushed), the script starts a new epoch, offsets start over, and
-  clients resuming with the old epoch are told that their gap cannot be filled.
+  without persistence, flushed), the script starts a new epoch and offsets start over.
 * **Reading**: one blocking ``XREAD`` per channel per process, on its own connection,
   fans out to this process's carriers; every process sees the same order. After a lost
-  connection it reads on from the last offset it delivered, so nothing in the stream is
-  lost or delivered twice; it also checks the epoch whenever a read times out idle.
+  connection it reads on from the last entry it read, so nothing in the stream is lost
+  or delivered twice. It checks the epoch after every reconnect and whenever a read
+  times out idle. On a new epoch it tells its carriers (a ``gap``: the messages of the
+  old epoch it had not read yet may be lost) and reads the new epoch from its first
+  entry; when it finds that the stream was trimmed past what it had read (it fell
+  further behind than ``MAXLEN``), it tells them too (an ``expired`` gap). An entry that
+  is not a well-formed message (written by another program) is skipped and logged.
 * **Failures**: ``publish`` while Redis is unreachable fails its Deferred with
   :class:`~twisted_event_dispatcher.errors.ChannelUnavailableError`; nothing is dropped
-  silently. txredisapi reconnects with exponential backoff and jitter.
+  silently. txredisapi reconnects with exponential backoff and jitter. A channel that
+  was never connected connects on first use.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import txredisapi
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    fail,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..errors import ChannelUnavailableError
 from ..interfaces import ICarrier
+from ._redis_connect import RedisURL, open_connection, parse_redis_url, wait_connected
+from ._redis_stream import PUBLISH_SCRIPT, entry_offset, parse_entry
 from .base import WILDCARD, Channel, Gap, Subscription
 from .message import Message
 
@@ -42,95 +54,31 @@ __all__ = ["RedisStreamChannel", "RedisURL", "parse_redis_url"]
 
 _log = Logger(namespace="twisted_event_dispatcher.redis")
 
-_PUBLISH = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[2], epoch)
-  redis.call('DEL', KEYS[3])
-end
-local offsets = {epoch}
-for i = 3, #ARGV, 2 do
-  local offset = redis.call('INCR', KEYS[3])
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], offset .. '-0',
-             'e', ARGV[i], 'd', ARGV[i + 1], 'p', epoch)
-  offsets[#offsets + 1] = offset
-end
-return offsets
-"""
-
-
-class RedisURL:
-    """A parsed ``redis://[user:password@]host[:port][/db]`` URL."""
-
-    def __init__(
-        self, host: str, port: int, db: int | None, username: str | None, password: str | None
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.db = db
-        self.username = username
-        self.password = password
-
-    def __str__(self) -> str:
-        auth = "***@" if self.password else ""
-        return f"redis://{auth}{self.host}:{self.port}/{self.db or 0}"
-
-
-def parse_redis_url(url: str) -> RedisURL:
-    """Parse a Redis URL; ``ValueError`` naming what is wrong with it."""
-    if not isinstance(url, str):
-        raise TypeError(f"a Redis URL must be a str, got {type(url).__name__}")
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError(f"a Redis URL starts with 'redis://', got {url!r}")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"bad port in Redis URL {url!r}") from None
-    if not parts.hostname:
-        raise ValueError(f"no host in Redis URL {url!r}")
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"the Redis database must be a number, got {path!r} in {url!r}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"unexpected query or fragment in Redis URL {url!r}")
-    return RedisURL(
-        parts.hostname,
-        port,
-        int(path) if path else None,
-        unquote(parts.username) if parts.username else None,
-        unquote(parts.password) if parts.password else None,
-    )
-
-
-def _offset(entry_id: str) -> int:
-    """The offset of a stream entry id ``"<offset>-0"``."""
-    return int(entry_id.split("-", 1)[0])
-
-
-def _field(fields: list[str], name: str) -> str | None:
-    """One field of a stream entry's flat ``[name, value, ...]`` list."""
-    for i in range(0, len(fields) - 1, 2):
-        if fields[i] == name:
-            return fields[i + 1]
-    return None
-
 
 class _Pending:
     """A subscription whose replay is being read: live messages wait here meanwhile."""
 
-    __slots__ = ("event", "buffer")
+    __slots__ = ("event", "buffer", "lost", "oldest")
 
     def __init__(self, event: str) -> None:
         self.event = event
         self.buffer: list[Message] = []
+        #: Set when the reader lost messages meanwhile (a new epoch, a trimmed stream):
+        #: the gap's reason and oldest offset; ``buffer`` then holds what came after.
+        self.lost: str | None = None
+        self.oldest: int | None = None
+
+    def lose(self, reason: str, oldest: int | None) -> None:
+        self.buffer.clear()
+        self.lost = reason
+        self.oldest = oldest
 
 
 class RedisStreamChannel(Channel):
     """
     A channel whose messages live in a Redis stream. Call :meth:`connect` (and wait for
-    it) before using it; :meth:`disconnect` when done.
+    it) to learn at once whether Redis is reachable; a channel that was not connected
+    connects when it is first used. Call :meth:`disconnect` when done.
 
     :param url: ``redis://[user:password@]host[:port][/db]``.
     :param history_size: the stream's approximate maximum length (``MAXLEN ~``).
@@ -142,6 +90,8 @@ class RedisStreamChannel(Channel):
 
     #: Most publishes sent to Redis in one script call.
     MAX_BATCH = 500
+    #: Most stream entries one ``XREAD`` returns.
+    READ_COUNT = 1000
     #: First and longest delay between reconnection attempts, in seconds.
     RECONNECT_INITIAL = 0.2
     RECONNECT_MAX = 3.0
@@ -171,13 +121,27 @@ class RedisStreamChannel(Channel):
         self._writer: Any = None
         self._reader: Any = None
         self._script_sha: str | None = None
+        #: The latest offset delivered in this epoch (0: none yet).
         self._last_id = 0
+        #: The id of the latest stream entry read (a message or not), and its offset.
+        self._cursor = "0-0"
+        self._read_offset = 0
+        self._synced = False  # the epoch and the stream's end were learnt once
+        self._ready = False  # connected (and not disconnected since)
+        self._closed = False  # disconnect() was called
+        self._connecting: list[Deferred[None]] | None = None
+        self._reader_up = False
         self._pending: list[_Pending] = []
         self._batch: list[tuple[str, Any, str, Deferred[Message]]] = []
-        self._reading = False
-        self.connected = False
         self.reconnects = 0
+        #: Messages trimmed from the stream before this process read them.
         self.missed = 0
+        #: Stream entries skipped: not messages (another program's), or of an old epoch.
+        self.skipped = 0
+        #: Times Redis lost the stream and a new epoch began.
+        self.epoch_changes = 0
+        #: Gap notices sent to this process's carriers (each one to all of them).
+        self.gaps = 0
         self.last_error: str | None = None
 
     # -- connection ----------------------------------------------------------------------
@@ -190,83 +154,98 @@ class RedisStreamChannel(Channel):
             return reactor
         return self._clock
 
-    def _connection(self) -> Any:
-        url = self.url
-        connection = txredisapi.lazyConnection(
-            url.host,
-            url.port,
-            dbid=url.db,
-            reconnect=True,
-            password=url.password,
-            username=url.username,
-            replyTimeout=None,
-            convertNumbers=False,
-        )
-        # Reconnect sooner than txredisapi's defaults (1 s, growing to 10 s): a hub
-        # should be back within a few seconds of Redis. Exponential, with jitter.
-        connection._factory.initialDelay = self.RECONNECT_INITIAL
-        connection._factory.maxDelay = self.RECONNECT_MAX
-        return connection
+    @property
+    def connected(self) -> bool:
+        """True while both connections (publishing and reading) are up."""
+        return self._ready and self._reader_up and self._writer_up()
 
-    async def _connected(self, connection: Any) -> None:
-        # txredisapi's handler fires this when the first connection is made, or fails it
-        # (wrong credentials); a refused connection is retried, so it has a timeout.
-        first: Deferred[Any] = connection._connected
-        first.addTimeout(self.connect_timeout, self.clock)
-        try:
-            await first
-        except Exception as e:
-            connection.disconnect()
-            reason = "did not answer in time" if isinstance(e, TimeoutError) else str(e)
-            if "auth" in reason.lower() or "WRONGPASS" in reason or "NOAUTH" in reason:
-                raise ChannelUnavailableError(
-                    f"Redis at {self.url} refused the credentials: {reason}"
-                ) from None
-            raise ChannelUnavailableError(
-                f"cannot connect to Redis at {self.url}: {reason}"
-            ) from None
+    def _writer_up(self) -> bool:
+        writer = self._writer
+        return writer is not None and bool(writer._factory.size)
+
+    def _connection(self) -> Any:
+        return open_connection(self.url, self.RECONNECT_INITIAL, self.RECONNECT_MAX)
 
     def connect(self) -> Deferred[None]:
-        """Connect both connections, learn the epoch and last offset, start reading."""
-        return Deferred.fromCoroutine(self._connect())
+        """
+        Connect both connections, learn the epoch and last offset, start reading. Fails
+        with :class:`~twisted_event_dispatcher.errors.ChannelUnavailableError` saying
+        what went wrong (Redis unreachable, credentials refused) within
+        ``connect_timeout`` seconds. Calling it again while connecting waits for the
+        same attempt; once connected it does nothing.
+        """
+        self._closed = False
+        if self._ready:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        if self._connecting is None:
+            self._connecting = [d]
+            Deferred.fromCoroutine(self._connect()).addBoth(self._connect_done)
+        else:
+            self._connecting.append(d)
+        return d
+
+    def _connect_done(self, result: object) -> None:
+        waiting, self._connecting = self._connecting or [], None
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
 
     async def _connect(self) -> None:
-        self._writer = self._connection()
-        await self._connected(self._writer)
-        self._reader = self._connection()
-        await self._connected(self._reader)
-        self._script_sha = await self._writer.execute_command("SCRIPT", "LOAD", _PUBLISH)
-        await self._sync()
-        self.connected = True
-        self._reading = True
-        Deferred.fromCoroutine(self._read_loop())
+        writer, reader = self._connection(), self._connection()
+        try:
+            await wait_connected(writer, self.url, self.connect_timeout, self.clock)
+            await wait_connected(reader, self.url, self.connect_timeout, self.clock)
+            sha = await self._answer(
+                writer.execute_command("SCRIPT", "LOAD", PUBLISH_SCRIPT), "SCRIPT LOAD"
+            )
+            await self._answer(
+                Deferred.fromCoroutine(self._sync(reader, reconnected=True)), "the epoch check"
+            )
+            if self._closed:
+                raise ChannelUnavailableError(
+                    f"channel {self.name!r} was disconnected while it connected to Redis"
+                )
+        except BaseException:
+            for connection in (writer, reader):
+                connection.disconnect().addErrback(lambda _: None)
+            raise
+        self._writer, self._reader, self._script_sha = writer, reader, sha
+        self._ready = self._reader_up = True
+        Deferred.fromCoroutine(self._read_loop(reader))
+
+    async def _answer(self, reply: Deferred[Any], doing: str) -> Any:
+        """``reply``'s result, or a clear error after ``reply_timeout`` seconds."""
+        reply.addTimeout(self.reply_timeout, self.clock)
+        try:
+            return await reply
+        except (TimeoutError, CancelledError):
+            raise ChannelUnavailableError(
+                f"Redis at {self.url} did not answer {doing} within {self.reply_timeout:g} s"
+            ) from None
 
     def disconnect(self, timeout: float = 2.0) -> Deferred[Any]:
         """Stop reading and close both connections (giving up after ``timeout``)."""
-        self._reading = False
+        self._closed = True
+        self._ready = self._reader_up = False
         closing = [c.disconnect() for c in (self._reader, self._writer) if c is not None]
         self._reader = self._writer = None
-        self.connected = False
         done = DeferredList(closing, consumeErrors=True)
         done.addTimeout(timeout, self.clock)
         return done.addErrback(lambda _: None)
 
-    async def _sync(self) -> None:
-        """Learn the epoch (starting one if the stream has none) and the last offset."""
-        epoch_key = self._keys[1]
-        await self._writer.execute_command("SET", epoch_key, uuid.uuid4().hex[:16], "NX")
-        epoch = await self._writer.execute_command("GET", epoch_key)
-        if epoch != self.epoch:
-            if self.connected:
-                _log.warn(
-                    "channel {name}: Redis lost the stream; new epoch {epoch}",
-                    name=self.name, epoch=epoch,
-                )
-            self.epoch = epoch
-            last = await self._writer.execute_command(
-                "XREVRANGE", self._stream, "+", "-", "COUNT", "1"
+    def _not_connected(self, doing: str) -> Failure | None:
+        """Why ``doing`` cannot start now: only after :meth:`disconnect` (else: connect)."""
+        if not self._closed:
+            return None
+        return Failure(
+            ChannelUnavailableError(
+                f"channel {self.name!r} was disconnected from Redis; call connect() before "
+                f"{doing}"
             )
-            self._last_id = _offset(last[0][0]) if last else 0
+        )
 
     @property
     def last_id(self) -> int | None:
@@ -274,74 +253,194 @@ class RedisStreamChannel(Channel):
         return self._last_id or None
 
     def health(self) -> dict[str, Any]:
-        """Connection state, for the hub's ``/health``."""
+        """Connection state, and what was lost or skipped, for the hub's ``/health``."""
+        reader = self._ready and self._reader_up
+        writer = self._ready and self._writer_up()
         return {
             "url": str(self.url),
-            "connected": self.connected,
+            "connected": reader and writer,
+            "reader": reader,
+            "writer": writer,
+            "problem": self._problem(reader, writer),
             "reconnects": self.reconnects,
             "missed": self.missed,
+            "skipped": self.skipped,
+            "epoch_changes": self.epoch_changes,
+            "gaps": self.gaps,
             "last_error": self.last_error,
         }
 
-    # -- reading -------------------------------------------------------------------------
+    def _problem(self, reader: bool, writer: bool) -> str | None:
+        """What is wrong with the connection, in a sentence (None: nothing)."""
+        if not self._ready:
+            return f"not connected to Redis at {self.url}"
+        if reader and writer:
+            return None
+        down = (
+            "the reading and the publishing connections are"
+            if not (reader or writer)
+            else "the reading connection is" if not reader else "the publishing connection is"
+        )
+        error = f" (last error: {self.last_error})" if self.last_error else ""
+        return f"Redis at {self.url}: {down} down, reconnecting{error}"
 
-    async def _read_loop(self) -> None:
-        delay = 0.1
-        while self._reading:
-            reader = self._reader
+    # -- following the stream ------------------------------------------------------------
+
+    async def _sync(self, connection: Any, reconnected: bool = False) -> bool:
+        """
+        Learn the epoch (starting one if Redis has none); True if it changed: the reader
+        then reads the new epoch from its start. The first time, also learn where the
+        stream ends (reading starts there). After a reconnect in the same epoch, check
+        that Redis kept every message this process has read.
+        """
+        epoch_key = self._keys[1]
+        await connection.execute_command("SET", epoch_key, uuid.uuid4().hex[:16], "NX")
+        epoch = await connection.execute_command("GET", epoch_key)
+        if not isinstance(epoch, str) or not epoch:
+            return False  # deleted in between: the next check sees the new one
+        if not self._synced:
+            last = await connection.execute_command(
+                "XREVRANGE", self._stream, "+", "-", "COUNT", "1"
+            )
+            self.epoch = epoch
+            self._cursor = last[0][0] if last else "0-0"
+            self._read_offset = self._last_id = entry_offset(self._cursor) or 0
+            self._synced = True
+            return False
+        if epoch != self.epoch:
+            await self._new_epoch(connection, epoch)
+            return True
+        if reconnected:
+            await self._check_rewind(connection)
+        return False
+
+    async def _new_epoch(self, connection: Any, epoch: str) -> None:
+        """Redis lost the stream: tell the carriers, then read the new epoch from offset 1."""
+        first = await connection.execute_command("XRANGE", self._stream, "-", "+", "COUNT", "1")
+        message = parse_entry(first[0][0], first[0][1], self.name) if first else None
+        oldest = message.id if isinstance(message, Message) and message.epoch == epoch else None
+        since, old = self._last_id, self.epoch
+        self.epoch = epoch
+        self._cursor, self._read_offset, self._last_id = "0-0", 0, 0
+        self.epoch_changes += 1
+        _log.warn(
+            "channel {name}: Redis lost the stream (epoch {old} is now {epoch}); messages "
+            "of epoch {old} after offset {since} that this process had not read are lost. "
+            "Its clients are told (gap); reading the new epoch from its start",
+            name=self.name, old=old, epoch=epoch, since=since,
+        )
+        self._gap("epoch", since, oldest)
+
+    async def _check_rewind(self, connection: Any) -> None:
+        """
+        Redis came back with the same epoch: did it keep every message it acknowledged?
+        (With ``appendfsync everysec`` a crash loses up to a second of writes, and their
+        offsets are given out again.) If not, read on from where Redis is now.
+        """
+        counter = await connection.execute_command("GET", self._keys[2])
+        top = int(counter) if isinstance(counter, str) and counter.isdigit() else 0
+        if top >= self._last_id:
+            return
+        since = top
+        _log.warn(
+            "channel {name}: Redis came back without offsets {first}..{last}, which it had "
+            "acknowledged (persistence without appendfsync always?); they will be given "
+            "to new messages. Its clients are told (gap)",
+            name=self.name, first=top + 1, last=self._last_id,
+        )
+        self._cursor, self._read_offset, self._last_id = f"{top}-0", top, top
+        self._gap("unknown", since, None)
+
+    def _gap(self, reason: str, since: int, oldest: int | None) -> None:
+        """Tell every carrier (and every resume in progress) about lost messages."""
+        self.gaps += 1
+        for pending in self._pending:
+            pending.lose(reason, oldest)
+        self._notify_gap(reason, since, oldest)
+
+    async def _read_loop(self, reader: Any) -> None:
+        """Read the stream until :meth:`disconnect`; survive lost connections."""
+        delay = self.RECONNECT_INITIAL
+        resync = False
+        while self._reader is reader:
             try:
-                reply = await reader.execute_command(
-                    "XREAD", "COUNT", "1000", "BLOCK", str(self.block),
-                    "STREAMS", self._stream, f"{self._last_id}-0",
-                )
-                if not self.connected:
-                    await self._sync()
-                    self.connected = True
+                if resync:
+                    # After a reconnect: the stream may be another one now.
+                    await self._sync(reader, reconnected=True)
+                    resync = False
+                    self._reader_up = True
                     _log.info("channel {name}: Redis is back", name=self.name)
-                delay = 0.1
+                reply = await reader.execute_command(
+                    "XREAD", "COUNT", str(self.READ_COUNT), "BLOCK", str(self.block),
+                    "STREAMS", self._stream, self._cursor,
+                )
+                delay = self.RECONNECT_INITIAL
                 if reply is None:
-                    await self._sync()  # idle: was the stream lost meanwhile?
-                    continue
-                for _, entries in reply:
-                    for entry_id, fields in entries:
-                        self._deliver(entry_id, fields)
+                    await self._sync(reader)  # idle: was the stream lost meanwhile?
+                else:
+                    for _, entries in reply:
+                        await self._read(reader, entries)
             except Exception as e:
-                if self._stopped():
+                if self._reader is not reader:
                     return
-                if self.connected:
-                    self.connected = False
+                if self._reader_up:
+                    self._reader_up = False
                     self.reconnects += 1
                     _log.warn(
                         "channel {name}: Redis unreachable ({error}); retrying",
                         name=self.name, error=e,
                     )
                 self.last_error = str(e) or type(e).__name__
+                resync = True
                 # Exponential backoff with jitter; txredisapi reconnects underneath.
                 await deferLater(self.clock, delay * (0.5 + random.random()), lambda: None)
-                delay = min(delay * 2, 5.0)
-                try:
-                    await self._sync()
-                except Exception:
-                    continue
-                self.connected = True
-                _log.info("channel {name}: Redis is back", name=self.name)
+                delay = min(delay * 2, self.RECONNECT_MAX)
 
-    def _stopped(self) -> bool:
-        # a method, not ``self._reading`` inline: disconnect() flips it during an await
-        return not self._reading
-
-    def _deliver(self, entry_id: str, fields: list[str]) -> None:
-        message = self._message(entry_id, fields)
-        if message.epoch == self.epoch and message.id > self._last_id + 1 and self._last_id:
-            # This reader fell further behind than the stream's MAXLEN: the messages in
-            # between were trimmed before it read them. Say so; resuming clients get a gap.
-            self.missed += message.id - self._last_id - 1
+    async def _read(self, connection: Any, entries: list[Any]) -> None:
+        """Deliver the messages among ``entries``, in order; skip (and log) the rest."""
+        checked = False
+        old = 0
+        for entry_id, fields in entries:
+            message = parse_entry(entry_id, fields, self.name)
+            if isinstance(message, str):
+                self.skipped += 1
+                _log.warn(
+                    "channel {name}: skipped stream entry {id!r}: not a message ({reason})",
+                    name=self.name, id=entry_id, reason=message,
+                )
+            elif message.epoch != self.epoch:
+                # Another epoch's entry: Redis lost the stream and this reader reads the
+                # new one from its old position, or a leftover of an older epoch.
+                if not checked:
+                    checked = True
+                    if await self._sync(connection):
+                        return  # a new epoch: read again, from its start
+                old += 1
+            else:
+                if message.id > self._read_offset + 1:
+                    self._trimmed(message.id)
+                self._deliver(message)
+            self._cursor = str(entry_id)
+            self._read_offset = entry_offset(entry_id) or self._read_offset
+        if old:
+            self.skipped += old
             _log.warn(
-                "channel {name}: reader fell behind the history bound; {n} message(s) "
-                "trimmed before they were read",
-                name=self.name, n=message.id - self._last_id - 1,
+                "channel {name}: skipped {count} stream entries of another epoch than {epoch}",
+                name=self.name, count=old, epoch=self.epoch,
             )
-        self.epoch = message.epoch
+
+    def _trimmed(self, offset: int) -> None:
+        """The stream was trimmed past what this reader had read (it fell behind MAXLEN)."""
+        count = offset - self._read_offset - 1
+        self.missed += count
+        _log.warn(
+            "channel {name}: the reader fell further behind than the history bound; "
+            "{count} message(s) were trimmed before it read them. Its clients are told (gap)",
+            name=self.name, count=count,
+        )
+        self._gap("expired", self._last_id, offset)
+
+    def _deliver(self, message: Message) -> None:
         self._last_id = message.id
         for pending in self._pending:
             if pending.event == WILDCARD or pending.event == message.event:
@@ -351,8 +450,13 @@ class RedisStreamChannel(Channel):
     # -- Channel -------------------------------------------------------------------------
 
     def _publish(self, key: str, data: Any, data_json: str) -> Deferred[Message]:
+        if not self._ready:
+            refused = self._not_connected(f"publishing {key!r}")
+            if refused is not None:
+                return fail(refused)
+            return Deferred.fromCoroutine(self._publish_connecting(key, data, data_json))
         writer = self._writer
-        if writer is None or not writer._factory.size or self._script_sha is None:
+        if not writer._factory.size or self._script_sha is None:
             return fail(
                 ChannelUnavailableError(
                     f"Redis at {self.url} is unreachable; {key!r} was not published"
@@ -367,6 +471,10 @@ class RedisStreamChannel(Channel):
         if len(self._batch) >= self.MAX_BATCH:
             self._send_batch()
         return d
+
+    async def _publish_connecting(self, key: str, data: Any, data_json: str) -> Message:
+        await self.connect()
+        return await self._publish(key, data, data_json)
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
@@ -384,7 +492,7 @@ class RedisStreamChannel(Channel):
             def unknown_script(failure: Any) -> Any:
                 # A restarted Redis forgot the script: EVAL sends (and caches) it again.
                 if "NOSCRIPT" in failure.getErrorMessage():
-                    return writer.execute_command("EVAL", _PUBLISH, *arguments)
+                    return writer.execute_command("EVAL", PUBLISH_SCRIPT, *arguments)
                 return failure
 
             reply.addErrback(unknown_script)
@@ -396,7 +504,10 @@ class RedisStreamChannel(Channel):
                 d.callback(Message(int(offset), epoch, self.name, key, data, data_json))
 
         def failed(failure: Any) -> None:
-            reason = failure.getErrorMessage() or failure.type.__name__
+            if failure.check(TimeoutError, CancelledError):
+                reason = f"no answer within {self.reply_timeout:g} s"
+            else:
+                reason = failure.getErrorMessage() or failure.type.__name__
             for key, _, _, d in batch:
                 d.errback(
                     ChannelUnavailableError(
@@ -409,10 +520,21 @@ class RedisStreamChannel(Channel):
     def _subscribe(
         self, event: str, carrier: ICarrier, since: int | None, epoch: str | None
     ) -> Deferred[Subscription]:
+        if not self._ready:
+            refused = self._not_connected(f"subscribing to {event!r}")
+            if refused is not None:
+                return fail(refused)
+            return Deferred.fromCoroutine(self._subscribe_connecting(event, carrier, since, epoch))
         if since is None:
             self._add(event, carrier)
             return succeed(Subscription(self.name, event, self.epoch, self.last_id, (), None))
         return Deferred.fromCoroutine(self._resume(event, carrier, since, epoch))
+
+    async def _subscribe_connecting(
+        self, event: str, carrier: ICarrier, since: int | None, epoch: str | None
+    ) -> Subscription:
+        await self.connect()
+        return await self._subscribe(event, carrier, since, epoch)
 
     async def _resume(
         self, event: str, carrier: ICarrier, since: int, epoch: str | None
@@ -420,44 +542,69 @@ class RedisStreamChannel(Channel):
         """
         Read the history after ``since`` while buffering what arrives live meanwhile, then
         subscribe: the carrier gets the history, then the buffered messages, then live
-        ones — none twice, none lost.
+        ones — none twice, none lost. If the reader lost messages meanwhile (a new epoch,
+        a trimmed stream), the carrier gets a gap instead, then what was read after it.
         """
-        upto = self._last_id
+        upto, current = self._last_id, self.epoch
         pending = _Pending(event)
         self._pending.append(pending)
         try:
             gap = None
-            entries: list[Any] = []
-            if epoch is not None and epoch != self.epoch:
-                gap = Gap(since, "epoch", self.epoch, await self._oldest())
+            history: list[Message] = []
+            if epoch is not None and epoch != current:
+                gap = Gap(since, "epoch", current, await self._oldest())
             elif since > upto:
-                gap = Gap(since, "unknown", self.epoch, await self._oldest())
+                gap = Gap(since, "unknown", current, await self._oldest())
             elif since < upto:
-                entries = await self._writer.execute_command(
-                    "XRANGE", self._stream, f"{since + 1}-0", f"{upto}-0"
-                )
-                if not entries or _offset(entries[0][0]) > since + 1:
-                    gap = Gap(since, "expired", self.epoch, await self._oldest())
-                    entries = []
+                history, complete = await self._history(event, since, upto, current)
+                if not complete:
+                    gap = Gap(since, "expired", current, await self._oldest())
         finally:
             self._pending.remove(pending)
-        replay = [
-            self._message(entry_id, fields)
-            for entry_id, fields in entries
-            if event == WILDCARD or _field(fields, "e") == event
-        ]
-        replay.extend(m for m in pending.buffer if m.id > upto)
+        if pending.lost is not None:
+            gap = Gap(since, pending.lost, self.epoch, pending.oldest)
+            replay = pending.buffer
+        else:
+            replay = history + [m for m in pending.buffer if m.id > upto]
         self._add(event, carrier)
         return Subscription(self.name, event, self.epoch, self.last_id, tuple(replay), gap)
 
-    def _message(self, entry_id: str, fields: list[str]) -> Message:
-        values = dict(zip(fields[::2], fields[1::2]))
-        data_json = values["d"]
-        return Message(
-            _offset(entry_id), values.get("p", self.epoch), self.name, values["e"],
-            json.loads(data_json), data_json,
-        )
+    async def _history(
+        self, event: str, since: int, upto: int, epoch: str
+    ) -> tuple[list[Message], bool]:
+        """
+        The messages for ``event`` after ``since`` up to ``upto`` of ``epoch``, and whether
+        the stream still holds all of them (not trimmed, not lost with the epoch).
+        """
+        entries = await self._query("XRANGE", self._stream, f"{since + 1}-0", f"{upto}-0")
+        if not entries or (entry_offset(entries[0][0]) or 0) > since + 1:
+            return [], False  # trimmed
+        messages = []
+        complete = False
+        for entry_id, fields in entries:
+            message = parse_entry(entry_id, fields, self.name)
+            if isinstance(message, str):  # not a message (the reader logged it)
+                complete = complete or entry_id == f"{upto}-0"
+                continue
+            if message.epoch != epoch:  # a leftover of another epoch
+                continue
+            if event == WILDCARD or message.event == event:
+                messages.append(message)
+            complete = complete or message.id == upto
+        # Without ``upto`` of this epoch, the stream is another one now (Redis lost it
+        # since): the reader will notice and tell every carrier.
+        return (messages, True) if complete else ([], False)
 
     async def _oldest(self) -> int | None:
-        first = await self._writer.execute_command("XRANGE", self._stream, "-", "+", "COUNT", "1")
-        return _offset(first[0][0]) if first else None
+        first = await self._query("XRANGE", self._stream, "-", "+", "COUNT", "1")
+        return entry_offset(first[0][0]) if first else None
+
+    def _query(self, *command: str) -> Deferred[Any]:
+        """A command on the publishing connection (reads for resuming clients)."""
+        writer = self._writer
+        if writer is None:
+            return fail(
+                ChannelUnavailableError(f"channel {self.name!r} was disconnected from Redis")
+            )
+        reply: Deferred[Any] = writer.execute_command(*command)
+        return reply

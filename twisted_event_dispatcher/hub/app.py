@@ -5,12 +5,14 @@ WebSocket and SSE carriers, the HTTP resources — and HubService, which runs it
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.task import deferLater
@@ -18,14 +20,20 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from ..bridge import bridge
+from ..carriers.base import DROP_OLDEST
 from ..carriers.sse import SSEResource
 from ..carriers.websocket import EventWebSocketFactory
 from ..channels import ChannelRegistry, MemoryChannel
 from ..dispatcher import EventDispatcher
+from ._limits import descriptor_shortfall, limit
+from ._rate import RateLimiter
+from ._security import Guard, GuardedSite
+from .options import is_loopback
 from .resources import (
     EventsResource,
     HealthResource,
     HubRequest,
+    request_token,
     static_root,
     token_of,
     token_ok,
@@ -49,7 +57,17 @@ class Hub:
     :param history: messages the channel keeps for clients that resume.
     :param token: if given, required by ``POST /events``, ``/ws`` and ``/sse`` (an
         ``Authorization: Bearer`` header, or a ``token`` query parameter).
-    :param origins: origins allowed to open ``/ws`` (default: loopback pages).
+    :param origins: browser origins allowed to use the hub (default: loopback pages): a
+        request that carries another ``Origin`` (``null`` included) is refused with 403,
+        on every path; requests without one (curl, services) are not affected.
+    :param host_names: names a ``Host`` header may carry besides ``localhost`` and the
+        hub's IP addresses (checked only without a token, against DNS rebinding; ``"*"``:
+        any). :meth:`allow_host` adds one, e.g. the address the hub listens on.
+    :param max_queue: messages queued for a WebSocket or SSE client that is not reading.
+    :param overflow: what happens when that queue is full: ``"drop_oldest"`` (the client
+        gets a ``dropped`` notice) or ``"disconnect"``.
+    :param max_rate: ``POST /events`` per second from one client address, in bursts of
+        as many (at least one); more are answered 429 with ``Retry-After``. ``0``: no limit.
     """
 
     def __init__(
@@ -61,11 +79,23 @@ class Hub:
         redis_url: str | None = None,
         token: str | None = None,
         origins: tuple[str, ...] = (),
+        host_names: tuple[str, ...] = (),
+        max_queue: int = 1000,
+        overflow: str = DROP_OLDEST,
         max_body: int = 65536,
         max_frame: int = 65536,
+        max_rate: float = 1000.0,
         clock: IReactorTime | None = None,
     ) -> None:
         self.token = token
+        if clock is None:
+            from twisted.internet import reactor
+
+            rate_clock: Any = reactor
+        else:
+            rate_clock = clock
+        #: Bounds ``POST /events`` per client address (see ``max_rate``).
+        self.post_rate = RateLimiter(max_rate, max(1, math.ceil(max_rate)), rate_clock)
         self.max_body = max_body
         self.started = time.time()
         self.channels = ChannelRegistry()
@@ -86,6 +116,8 @@ class Hub:
             channels=self.channels,
             default_channel=channel_name,
             allowed_origins=origins or LOOPBACK_ORIGINS,
+            max_queue=max_queue,
+            overflow=overflow,
             max_message_size=max_frame,
             authorize=self._authorize_websocket,
         )
@@ -93,6 +125,8 @@ class Hub:
             channels=self.channels,
             default_channel=channel_name,
             authorize=self._authorize_sse,
+            max_queue=max_queue,
+            overflow=overflow,
             clock=clock,
         )
         root = static_root()
@@ -100,7 +134,9 @@ class Hub:
         root.putChild(b"health", HealthResource(self))
         root.putChild(b"ws", WebSocketResource(self.websocket))
         root.putChild(b"sse", self.sse)
-        self.site = Site(root)
+        #: Checks Origin and Host and the bytes of every request (see :mod:`._security`).
+        self.guard = Guard(origins or LOOPBACK_ORIGINS, host_names, check_hosts=token is None)
+        self.site: Site = GuardedSite(root, self.guard)
 
         class BoundedRequest(HubRequest):
             pass
@@ -130,25 +166,41 @@ class Hub:
             return d
         return Deferred.fromCoroutine(_nothing())
 
+    def allow_host(self, host: str) -> None:
+        """Accept requests whose ``Host`` is ``host`` (an IP address or a name), any port."""
+        self.guard.allow_address(host)
+
     def _authorize_websocket(self, request: ConnectionRequest) -> None:
-        given = token_of(
-            request.headers.get("authorization"),
-            [p.encode() for p in request.params.get("token", [])],
-        )
+        try:
+            given = token_of(
+                request.headers.get("authorization"),
+                [p.encode("utf-8", "surrogateescape") for p in request.params.get("token", [])],
+            )
+        except ValueError as e:
+            raise ConnectionDeny(400, str(e)) from None
         if not token_ok(self.token, given):
             raise ConnectionDeny(401, "a valid token is required")
 
     def _authorize_sse(self, request: Request) -> str | None:
-        given = token_of(request.getHeader("authorization"), (request.args or {}).get(b"token"))
+        try:
+            given = request_token(request)
+        except ValueError as e:
+            return str(e)
         return None if token_ok(self.token, given) else "a valid token is required"
 
     def health(self) -> dict[str, Any]:
-        """What ``GET /health`` reports."""
-        channel_ok = self.backend != "redis" or self.channel.connected
+        """
+        What ``GET /health`` reports. ``status`` is ``"degraded"`` while either Redis
+        connection (publishing or reading) is down, with the ``reason``.
+        """
+        redis = self.channel.health() if self.backend == "redis" else None
+        reason = redis["problem"] if redis is not None else None
+        status = "ok" if reason is None else "degraded"
+        if not self.dispatcher.running:
+            status = "stopping"
         return {
-            "status": ("ok" if channel_ok else "degraded")
-            if self.dispatcher.running
-            else "stopping",
+            "status": status,
+            **({"reason": reason} if status == "degraded" else {}),
             "uptime": round(time.time() - self.started, 3),
             "channel": {
                 "name": self.channel.name,
@@ -157,7 +209,7 @@ class Hub:
                 "last_id": self.channel.last_id,
                 "history_size": self.channel.history_size,
                 "subscribers": self.channel.carrier_count,
-                **({"redis": self.channel.health()} if self.backend == "redis" else {}),
+                **({"redis": redis} if redis is not None else {}),
             },
             "connections": {
                 "websocket": len(self.websocket.connections),
@@ -183,12 +235,39 @@ class HubService(Service):
     Runs a :class:`Hub` on an endpoint. Stopping (SIGTERM/SIGINT under twistd or
     ``serve``) stops accepting connections, drains the events in flight, then closes the
     clients with a going-away code.
+
+    :param max_connections: connections open at once; one more is answered ``503`` and
+        closed (None: no limit). A warning is logged if the file descriptor limit is lower.
+    :param header_timeout: seconds a client has to send a whole request (headers and
+        body) before it gets ``408`` and is disconnected (None: no limit). Streams (SSE,
+        WebSocket) are not affected once their request is in.
+    :param allow_public: serve on a non-loopback address without a token. By default the
+        service checks the address it actually listens on and, if it is not a loopback
+        one and the hub has no token, closes the port and fails :attr:`ready` (and stops
+        the reactor).
     """
 
-    def __init__(self, hub: Hub, endpoint: IStreamServerEndpoint, clock: Any = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        endpoint: IStreamServerEndpoint,
+        clock: Any = None,
+        *,
+        max_connections: int | None = 1000,
+        header_timeout: float | None = 10.0,
+        allow_public: bool = False,
+    ) -> None:
         self.hub = hub
         self.endpoint = endpoint
         self.clock = clock
+        self.max_connections = max_connections
+        self.header_timeout = header_timeout
+        self.allow_public = allow_public
+        #: The factory the endpoint listens with: :attr:`Hub.site` behind the limits.
+        self.factory: Any = None
+        #: Stop the reactor when the hub cannot start (as ``serve`` and twistd need);
+        #: :attr:`ready` fails either way.
+        self.stop_reactor_on_failure = True
         self.port: IListeningPort | None = None
         #: Set by the twistd plugin when ``--log-level`` asks for a filtered observer.
         self.log_observer: Any = None
@@ -208,26 +287,55 @@ class HubService(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         d = self.hub.start()
-        d.addCallback(lambda _: self.endpoint.listen(self.hub.site))
+        self.factory = limit(
+            self.hub.site,
+            max_connections=self.max_connections,
+            header_timeout=self.header_timeout,
+            clock=self.clock,
+        )
+        listened: Deferred[Any] = d.addCallback(lambda _: self.endpoint.listen(self.factory))
 
         def listening(port: IListeningPort) -> IListeningPort:
-            self.port = port
             address: Any = port.getHost()
             host = getattr(address, "host", None)
-            where = f"http://{host}:{address.port}/" if host else str(address)
+            bracketed = f"[{host}]" if host and ":" in host else host
+            where = f"http://{bracketed}:{address.port}/" if host else str(address)
+            if self._exposed(address):
+                port.stopListening()
+                raise RuntimeError(
+                    f"refusing to serve on {where} without a token: it is not a loopback "
+                    "address, so anyone who can reach it could fire events and read them; "
+                    "give a --token, or bind 127.0.0.1"
+                )
+            self.port = port
             self.url = where
+            if host:
+                self.hub.allow_host(host)
             _log.info("event hub listening on {where}", where=where)
+            shortfall = self.max_connections and descriptor_shortfall(self.max_connections)
+            if shortfall:
+                _log.warn("{shortfall}", shortfall=shortfall)
             self.ready.callback(port)
             return port
 
         def failed(failure: Any) -> None:
             _log.critical("event hub could not start: {error}", error=failure.getErrorMessage())
             self.ready.errback(failure)
-            from twisted.internet import reactor
+            if self.stop_reactor_on_failure:
+                from twisted.internet import reactor
 
-            reactor.stop()
+                reactor.stop()
 
-        d.addCallbacks(listening, failed)
+        listened.addCallback(listening)
+        listened.addErrback(failed)
+
+    def _exposed(self, address: Any) -> bool:
+        """Listening on ``address`` (what was bound) would serve the network without a token."""
+        if self.allow_public or self.hub.token is not None:
+            return False
+        if not isinstance(address, (IPv4Address, IPv6Address)):
+            return False  # a Unix socket: local
+        return not is_loopback(address.host)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]

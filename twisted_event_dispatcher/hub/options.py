@@ -3,42 +3,62 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from typing import Any
 
 from twisted.logger import LogLevel
 from twisted.python import usage
 
+from ..carriers.websocket import origin_patterns
 from ..channels.base import check_event_name
 
 __all__ = ["HubOptions", "listen_interface"]
 
 BACKENDS = ("memory", "redis")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+OVERFLOW_POLICIES = {"drop-oldest": "drop_oldest", "disconnect": "disconnect"}
+#: The environment variable that may hold the token (it does not show in ``ps``).
+TOKEN_VARIABLE = "EVENT_HUB_TOKEN"
 
 
 def listen_interface(endpoint: str) -> str | None:
     """
-    The interface a ``tcp:``/``tcp6:`` endpoint string binds (``""`` for all interfaces),
-    or None for endpoints that are not TCP (e.g. ``unix:``), which are local.
+    The interface Twisted binds for the endpoint string ``endpoint``: ``""`` (IPv4) or
+    ``"::"`` (IPv6) for all interfaces. The string is parsed by Twisted's own parser
+    (:func:`~twisted.internet.endpoints.serverFromString`), so escapes (``\\:`` in IPv6
+    addresses), defaults and repeated keys (the last ``interface=`` wins) mean exactly what
+    they mean to Twisted. None for endpoints that have no interface: ``unix:`` sockets are
+    local; others (``systemd:``, plugins) are checked by :class:`~.app.HubService` once it
+    listens. ``ValueError`` if Twisted cannot parse the string.
     """
-    kind, _, rest = endpoint.partition(":")
-    if kind.lower() not in ("tcp", "tcp6", "ssl"):
-        return None
-    for part in rest.split(":")[1:]:
-        key, sep, value = part.partition("=")
-        if sep and key == "interface":
-            return value.replace("\\:", ":")
-    return ""
+    from twisted.internet import endpoints, reactor
+
+    try:
+        parsed = endpoints.serverFromString(reactor, endpoint)
+    except Exception as e:  # ValueError; TypeError (a wrong parameter); a missing file...
+        raise ValueError(str(e) or type(e).__name__) from None
+    if isinstance(
+        parsed,
+        (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint, endpoints.SSL4ServerEndpoint),
+    ):
+        interface: str = parsed._interface
+        return interface
+    return None
 
 
 def is_loopback(interface: str) -> bool:
-    """True for loopback addresses and ``localhost``; False for all-interfaces ("")."""
+    """
+    True for loopback addresses (IPv4-mapped ones too) and ``localhost``; False for
+    all interfaces (``""``, ``0.0.0.0``, ``::``) and for any other name or address.
+    """
     if interface == "localhost":
         return True
     try:
-        return ipaddress.ip_address(interface).is_loopback
+        address = ipaddress.ip_address(interface)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 class HubOptions(usage.Options):
@@ -55,16 +75,28 @@ class HubOptions(usage.Options):
         ["channel-name", None, "events", "Name of the hub's channel."],
         ["redis-url", None, "redis://127.0.0.1:6379/0", "Redis to use with --channel redis."],
         ["history", None, 1000, "Messages kept for clients that resume.", int],
-        ["token", "t", None, "Token required by POST /events, /ws and /sse."],
+        ["token", "t", None, "Token required by POST /events, /ws and /sse (visible in ps: "
+         f"prefer --token-file or ${TOKEN_VARIABLE})."],
+        ["token-file", None, None, "Read the token from the first line of this file."],
         ["log-level", None, "info", f"Least severe level logged: {', '.join(LOG_LEVELS)}."],
         ["max-body", None, 65536, "Largest POST /events body, in bytes.", int],
         ["max-frame", None, 65536, "Largest WebSocket message from a client, in bytes.", int],
+        ["max-connections", None, 1000, "Connections open at once; more are answered 503 "
+         "(0: no limit).", int],
+        ["header-timeout", None, 10.0, "Seconds a client has to send a whole request "
+         "(headers and body) before it gets 408 (0: no limit).", float],
+        ["max-queue", None, 1000, "Messages queued for a client that is not reading.", int],
+        ["max-rate", None, 1000.0, "POST /events per second from one client address, in "
+         "bursts of as many; more are answered 429 (0: no limit).", float],
+        ["overflow", None, "drop-oldest", "When a client's queue is full: drop-oldest (it is "
+         "told how many it missed) or disconnect."],
     ]
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self["keywords"] = []
         self["origins"] = []
+        self["host-names"] = []
 
     def opt_keyword(self, name: str) -> None:
         """Allow a match-spec keyword in POST /events (repeatable)."""
@@ -73,10 +105,50 @@ class HubOptions(usage.Options):
     opt_k = opt_keyword
 
     def opt_origin(self, origin: str) -> None:
-        """Allow WebSocket connections from this origin (repeatable; default: loopback)."""
+        """Allow pages on this origin to use the hub (repeatable; default: loopback pages)."""
         self["origins"].append(origin)
 
+    def opt_host_name(self, name: str) -> None:
+        """Answer to this Host name too (repeatable; without --token: localhost only)."""
+        from ._security import check_host_name
+
+        try:
+            self["host-names"].append(check_host_name(name))
+        except ValueError as e:
+            raise usage.UsageError(f"--host-name: {e}") from None
+
+    def _read_token(self) -> None:
+        """``--token``, else ``--token-file``, else ``$EVENT_HUB_TOKEN``: one of them at most."""
+        path = self["token-file"]
+        if path is not None:
+            if self["token"] is not None:
+                raise usage.UsageError("give --token or --token-file, not both")
+            try:
+                with open(path, encoding="utf-8") as file:
+                    first = file.readline()
+            except (OSError, UnicodeDecodeError) as e:
+                reason = getattr(e, "strerror", None) or str(e)
+                raise usage.UsageError(f"--token-file: cannot read {path!r}: {reason}") from None
+            self["token"] = first.strip()
+            if not self["token"]:
+                raise usage.UsageError(
+                    f"--token-file: the first line of {path!r} is empty; it must hold the token"
+                )
+        elif self["token"] is None and TOKEN_VARIABLE in os.environ:
+            self["token"] = os.environ[TOKEN_VARIABLE].strip()
+            if not self["token"]:
+                raise usage.UsageError(f"${TOKEN_VARIABLE} is set but empty")
+
     def postOptions(self) -> None:
+        self._read_token()
+        if self["overflow"] not in OVERFLOW_POLICIES.values():
+            policy = OVERFLOW_POLICIES.get(self["overflow"])
+            if policy is None:
+                raise usage.UsageError(
+                    f"--overflow must be one of {', '.join(OVERFLOW_POLICIES)}, "
+                    f"got {self['overflow']!r}"
+                )
+            self["overflow"] = policy
         if self["channel"] not in BACKENDS:
             raise usage.UsageError(
                 f"--channel must be one of {', '.join(BACKENDS)}, got {self['channel']!r}"
@@ -94,7 +166,7 @@ class HubOptions(usage.Options):
                 raise usage.UsageError(f"--redis-url: {e}") from None
             if self["history"] < 1:
                 raise usage.UsageError("--history must be at least 1 with --channel redis")
-        for name in ("history", "max-body", "max-frame"):
+        for name in ("history", "max-body", "max-frame", "max-queue"):
             if self[name] < (0 if name == "history" else 1):
                 raise usage.UsageError(f"--{name} must be positive, got {self[name]}")
         if self["log-level"] not in LOG_LEVELS:
@@ -104,9 +176,15 @@ class HubOptions(usage.Options):
         self["level"] = LogLevel.levelWithName(self["log-level"])
         if self["token"] is not None and not self["token"]:
             raise usage.UsageError("--token must not be empty")
-        interface = listen_interface(self["listen"])
+        for name in ("max-connections", "header-timeout", "max-rate"):
+            if not 0 <= self[name] < float("inf"):
+                raise usage.UsageError(f"--{name} must be 0 (no limit) or more, got {self[name]}")
+        try:
+            interface = listen_interface(self["listen"])
+        except ValueError as e:
+            raise usage.UsageError(f"--listen {self['listen']!r}: {e}") from None
         if interface is not None and not is_loopback(interface) and not self["token"]:
-            where = interface or "all interfaces"
+            where = {"": "all interfaces", "::": ":: (all interfaces)"}.get(interface, interface)
             raise usage.UsageError(
                 f"refusing to listen on {where} without --token: anyone who can reach the "
                 "port could fire events and read them; give a --token, or bind 127.0.0.1"
@@ -116,3 +194,7 @@ class HubOptions(usage.Options):
                 raise usage.UsageError(
                     f"--origin looks like 'https://host[:port]', got {origin!r}"
                 )
+            try:
+                origin_patterns([origin])
+            except ValueError as e:
+                raise usage.UsageError(f"--origin: {e}") from None

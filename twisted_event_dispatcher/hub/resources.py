@@ -22,7 +22,14 @@ from ..results import FireResult
 if TYPE_CHECKING:
     from .app import Hub
 
-__all__ = ["EventsResource", "HealthResource", "HubRequest", "static_root", "token_of"]
+__all__ = [
+    "EventsResource",
+    "HealthResource",
+    "HubRequest",
+    "request_token",
+    "static_root",
+    "token_of",
+]
 
 _log = Logger(namespace="twisted_event_dispatcher.hub")
 
@@ -39,25 +46,56 @@ def respond(request: Request, code: int, payload: dict[str, Any]) -> bytes:
 
 
 def token_of(header: str | None, query: list[bytes] | None) -> str | None:
-    """The token from an ``Authorization: Bearer`` header, or the ``token`` query field."""
+    """
+    The token from an ``Authorization: Bearer`` header, or the ``token`` query field;
+    ``ValueError`` naming the parameter if its bytes are not UTF-8.
+    """
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
     if query:
-        return query[0].decode("utf-8", "replace")
+        try:
+            return query[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("query parameter 'token' is not valid UTF-8") from None
     return None
+
+
+def request_token(request: Request) -> str | None:
+    """
+    The token a twisted.web request carries (see :func:`token_of`); ``ValueError`` naming
+    the header or parameter that is not UTF-8, so that it is a 400, never a 500.
+    """
+    raw = request.getHeader(b"authorization")
+    try:
+        header = None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the Authorization header is not valid UTF-8") from None
+    return token_of(header, (request.args or {}).get(b"token"))
 
 
 def token_ok(expected: str | None, given: str | None) -> bool:
     """No token configured, or the right one (compared in constant time)."""
     if expected is None:
         return True
-    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+    if given is None:
+        return False
+    return hmac.compare_digest(
+        expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")
+    )
 
 
 class HubRequest(Request):
-    """A request that stores at most ``max_body`` bytes of body; past that it is refused."""
+    """
+    A request that stores at most ``max_body`` bytes of body (past that it is refused),
+    and never parses a POST body as a form: the body is JSON, and a ``token`` hidden in a
+    form body must not count as one.
+    """
 
     max_body = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
     def gotLength(self, length: int | None) -> None:
         self.too_large = length is not None and length > self.max_body
@@ -85,7 +123,19 @@ class EventsResource(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         hub = self.hub
-        given = token_of(request.getHeader("authorization"), (request.args or {}).get(b"token"))
+        # First, so that a flood (or a token guesser) costs as little as possible.
+        wait = hub.post_rate.take(getattr(request.getClientAddress(), "host", None))
+        if wait is not None:
+            request.setHeader(b"retry-after", str(math.ceil(wait)).encode())
+            return respond(
+                request, 429,
+                {"error": f"too many events from this address (at most {hub.post_rate.rate:g}"
+                 " per second); retry later"},
+            )
+        try:
+            given = request_token(request)
+        except ValueError as e:
+            return respond(request, 400, {"error": str(e)})
         if not token_ok(hub.token, given):
             request.setHeader(b"www-authenticate", b'Bearer realm="event-hub"')
             return respond(request, 401, {"error": "a valid token is required"})

@@ -34,10 +34,19 @@ def make_service(options: HubOptions, reactor: Any = None) -> HubService:
         redis_url=options["redis-url"] if options["channel"] == "redis" else None,
         token=options["token"],
         origins=tuple(options["origins"]),
+        host_names=tuple(options["host-names"]),
+        max_queue=options["max-queue"],
+        overflow=options["overflow"],
         max_body=options["max-body"],
         max_frame=options["max-frame"],
+        max_rate=options["max-rate"],
     )
-    return HubService(hub, serverFromString(reactor, options["listen"]))
+    return HubService(
+        hub,
+        serverFromString(reactor, options["listen"]),
+        max_connections=options["max-connections"] or None,
+        header_timeout=options["header-timeout"] or None,
+    )
 
 
 def twistd_log_observer(options: HubOptions) -> ILogObserver | None:
