@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 
 from tests._local_hub import start_local_hub
-from twisted_event_dispatcher.hub._rate import RateLimiter
+from twisted_event_dispatcher._rate import RateLimiter
 from twisted_event_dispatcher.hub.options import HubOptions
 
 

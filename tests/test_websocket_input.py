@@ -118,3 +118,35 @@ async def test_close_frame_answered_by_a_raw_client(server: Server) -> None:
     await client.lost
     assert client.close_code == 1001
     assert [op for op, _ in client.inbox.frames] == [OP_CLOSE]
+
+
+@pytest_twisted.ensureDeferred
+async def test_requests_past_the_rate_get_an_error_and_are_not_carried_out() -> None:
+    from twisted.internet.task import Clock
+
+    from tests._clients import connect_ws
+
+    clock = Clock()
+    server = await start_server(max_request_rate=3, clock=clock)
+    try:
+        client = await connect_ws(server.port)
+        server.clients.append(client)
+        other = await connect_ws(server.port)
+        server.clients.append(other)
+        for n in range(5):
+            client.send_json({"type": "ping", "id": n})
+        await client.wait(lambda f: f.get("type") == "error" and len(client.inbox.frames) == 5)
+        assert [f.get("id") for f in client.inbox.frames if f["type"] == "pong"] == [0, 1, 2]
+        refused = [f for f in client.inbox.frames if f["type"] == "error"]
+        assert len(refused) == 2 and "at most 3 a second" in refused[0]["reason"]
+        other.send_json({"type": "ping", "id": "other"})  # connections are independent
+        assert (await other.wait_type("pong"))["id"] == "other"
+        clock.advance(1)
+        client.send_json({"type": "ping", "id": "later"})
+        assert (await client.wait(lambda f: f.get("id") == "later"))["type"] == "pong"
+        assert len(server.factory.request_rate) == 2
+        client.sendClose()
+        await client.closed
+        assert len(server.factory.request_rate) == 1, "a closed connection's bucket is gone"
+    finally:
+        await stop_server(server)

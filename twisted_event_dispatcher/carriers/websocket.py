@@ -30,7 +30,9 @@ escaped, so it can always be sent. Frames over the size limit close the connecti
 cannot keep up under the ``disconnect`` policy, or that keeps asking without reading, with
 1008 (policy violation), and a failure of ours with 1011. A WebSocket ping is answered
 with a pong at once; while the client is not reading, only the latest ping is answered
-(RFC 6455 allows it), so a ping flood cannot grow the server. Each event frame is encoded
+(RFC 6455 allows it), so a ping flood cannot grow the server. Requests past the
+factory's ``max_request_rate`` (per connection, per second) get an ``error`` frame and
+are not carried out. Each event frame is encoded
 once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
 """
 
@@ -41,9 +43,11 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._rate import RateLimiter
 from ..channels import registry as default_registry
 from ..channels.base import Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
@@ -221,6 +225,7 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
+        self.factory.request_rate.forget(id(self))
         if self.carrier is not None:
             self.carrier.connection_lost()
 
@@ -238,6 +243,11 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         request_type = None
         try:
+            if self.factory.request_rate.take(id(self)) is not None:
+                raise BadRequest(
+                    f"too many requests: at most {self.factory.request_rate.rate:g} a second "
+                    "on one connection; this one was not carried out"
+                )
             if isBinary:
                 raise BadRequest("binary frames are not supported; send JSON text frames")
             request = parse_request(payload)
@@ -383,6 +393,9 @@ class EventWebSocketFactory(WebSocketServerFactory):
     :param max_message_size: largest frame or message accepted from a client, in bytes.
     :param authorize: called with each ``ConnectionRequest``; raise
         :class:`autobahn.websocket.types.ConnectionDeny` to refuse it.
+    :param max_request_rate: requests one connection may send a second, in bursts of as
+        many; past it a request gets an ``error`` frame instead (``0``: no limit).
+    :param clock: for the request rate (the reactor by default).
     """
 
     protocol = EventWebSocketProtocol  # type: ignore[assignment]
@@ -399,8 +412,18 @@ class EventWebSocketFactory(WebSocketServerFactory):
         overflow: str = DROP_OLDEST,
         max_message_size: int = 64 * 1024,
         authorize: Callable[[ConnectionRequest], None] | None = None,
+        max_request_rate: float = 100.0,
+        clock: IReactorTime | None = None,
     ) -> None:
         super().__init__(url)  # type: ignore[no-untyped-call]
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        #: Requests per connection (keyed by the connection's id while it is open).
+        self.request_rate = RateLimiter(
+            max_request_rate, max(1, int(max_request_rate)), clock, max_keys=1_000_000
+        )
         if max_subscriptions < 1:
             raise ValueError(f"max_subscriptions must be >= 1, got {max_subscriptions}")
         check_queue_options(max_queue, overflow)

@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
+from .._rate import RateLimiter
 from ..bridge import bridge
 from ..carriers.base import DROP_OLDEST
 from ..carriers.sse import SSEResource
@@ -26,7 +27,6 @@ from ..carriers.websocket import EventWebSocketFactory
 from ..channels import ChannelRegistry, MemoryChannel
 from ..dispatcher import EventDispatcher
 from ._limits import descriptor_shortfall, limit
-from ._rate import RateLimiter
 from ._security import Guard, GuardedSite
 from .options import is_loopback
 from .resources import (

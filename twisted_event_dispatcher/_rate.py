@@ -1,6 +1,6 @@
 """
-Token buckets: how the hub bounds the rate of requests one peer (or one connection) may
-make, with bounded memory however many peers there are.
+Token buckets: how the hub bounds the rate of requests one peer (or one WebSocket
+connection) may make, with bounded memory however many peers there are.
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ class RateLimiter:
         if len(buckets) > self.max_keys:
             buckets.popitem(last=False)
         return verdict
+
+    def forget(self, key: Hashable) -> None:
+        """Drop ``key``'s bucket (its connection is gone)."""
+        self._buckets.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._buckets)
