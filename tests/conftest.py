@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import crochet
 import pytest
 from hypothesis import HealthCheck, settings
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
+from tests._log import LogCapture
 from twisted_event_dispatcher import EventDispatcher
 
 # The reactor is run by pytest-twisted, not by crochet: crochet must not start its own.
@@ -29,6 +31,15 @@ settings.register_profile(
 settings.load_profile("ci")
 
 KEYWORDS = ("event_type", "user", "role")
+
+
+@pytest.fixture
+def log() -> Iterator[LogCapture]:
+    """Every event logged through twisted.logger while the test runs."""
+    capture = LogCapture()
+    globalLogPublisher.addObserver(capture)
+    yield capture
+    globalLogPublisher.removeObserver(capture)
 
 
 @pytest.fixture

@@ -13,19 +13,16 @@ The examples come from Hypothesis under the active profile (fixed seeds in CI;
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-import pytest
 import pytest_twisted
 from hypothesis import settings
 from hypothesis import strategies as st
-from twisted.logger import globalLogPublisher
 
 from tests._clients import OP_BINARY, OP_CLOSE, OP_PONG, OP_TEXT, connect_raw_ws, ws_frame
 from tests._fuzz import examples
+from tests._log import LogCapture
 from tests.test_websocket import Server, start_server, stop_server, subscribe
-from tests.test_websocket_input import LogCapture
 
 MAX_MESSAGE = 4096
 #: Close codes a bad client may get: protocol error, invalid UTF-8, policy, too big.
@@ -121,14 +118,6 @@ _examples = st.one_of(
         st.booleans(),
     ),
 )
-
-
-@pytest.fixture
-def log() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 async def _try(server: Server, example: Example) -> None:

@@ -7,32 +7,15 @@ traceback in the log (except for a failure of ours, which is logged once and clo
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import pytest_twisted
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
-from zope.interface import implementer
 
 from tests._clients import OP_CLOSE, OP_TEXT, connect_raw_ws
+from tests._log import LogCapture
 from tests.test_websocket import Server, start_server, stop_server, subscribe
 from twisted_event_dispatcher.channels import ChannelRegistry
-
-
-@implementer(ILogObserver)
-class LogCapture:
-    """Every twisted.logger event of the process, while installed."""
-
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(event)
-
-    def failures(self) -> list[LogEvent]:
-        """The events that carry a traceback."""
-        return [e for e in self.events if "log_failure" in e or e.get("isError")]
 
 
 @pytest_twisted.async_yield_fixture
@@ -40,14 +23,6 @@ async def server() -> AsyncIterator[Server]:
     server = await start_server()
     yield server
     await stop_server(server)
-
-
-@pytest.fixture
-def log() -> Iterator[LogCapture]:
-    capture = LogCapture()
-    globalLogPublisher.addObserver(capture)
-    yield capture
-    globalLogPublisher.removeObserver(capture)
 
 
 @pytest_twisted.ensureDeferred

@@ -1,0 +1,24 @@
+"""Capturing what the process logs through twisted.logger, for tests that assert on it."""
+
+from __future__ import annotations
+
+from twisted.logger import ILogObserver, LogEvent
+from zope.interface import implementer
+
+
+@implementer(ILogObserver)
+class LogCapture:
+    """Every twisted.logger event of the process, while installed."""
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+    def failures(self) -> list[LogEvent]:
+        """The events that carry a traceback."""
+        return [e for e in self.events if "log_failure" in e or e.get("isError")]
+
+
+__all__ = ["LogCapture"]
