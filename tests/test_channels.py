@@ -103,6 +103,7 @@ def _nested(depth: int) -> object:
         ("*", None, ValueError, "only valid when subscribing"),
         ("_gap", None, ValueError, "reserved"),
         ("a\nb", None, ValueError, "control characters"),
+        ("a\udc00", None, ValueError, "lone surrogate"),
         ("x" * 201, None, ValueError, "longer than 200"),
     ],
 )

@@ -250,6 +250,7 @@ def test_trickled_headers_get_408_at_the_deadline() -> None:
     clock.advance(1)  # 10 s since the connection opened
     assert transport.value().startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"within 10 seconds" in transport.value()
+    assert b"x-content-type-options: nosniff\r\n" in transport.value()
     assert transport.disconnecting
 
 
@@ -324,6 +325,7 @@ def test_connections_over_the_cap_get_503_and_others_keep_working() -> None:
     for _, transport in refused:
         assert transport.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
         assert b"retry-after: 1" in transport.value() and transport.disconnecting
+        assert b"x-frame-options: DENY\r\n" in transport.value()
         body = transport.value().split(b"\r\n\r\n", 1)[1]
         assert "too many connections" in json.loads(body)["error"]
     warnings = [e for e in events if "refusing new connections" in e.get("log_format", "")]

@@ -203,6 +203,31 @@ async def test_no_cors_headers(hub: LocalHub) -> None:
     assert preflight.status == 405 and preflight.header("access-control-allow-origin") is None
 
 
+@pytest.mark.parametrize(
+    ("method", "target", "allow"),
+    [
+        ("HEAD", "/events", b"POST"),  # was a 500: EventsResource has no render_GET
+        ("GET", "/events", b"POST"),
+        ("PUT", "/events", b"POST"),  # unknown to twisted.web: was a 501
+        ("DELETE", "/health", b"GET, HEAD"),
+        ("POST", "/health", b"GET, HEAD"),
+        ("PATCH", "/", b"GET, HEAD"),
+        ("HEAD", "/sse", b"GET"),  # would open a stream that never writes a byte
+        ("FOO", "/sse", b"GET"),
+        ("OPTIONS", "/health", b"GET, HEAD"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_methods_a_resource_does_not_answer_are_405_naming_the_allowed_ones(
+    hub: LocalHub, method: str, target: str, allow: bytes
+) -> None:
+    answer = await send(hub.port, request(method, target))
+    assert answer.status == 405 and answer.header("allow") == allow, answer
+    assert answer.header("x-content-type-options") == b"nosniff"
+    if method != "HEAD":
+        assert "not" in error_of(answer)
+
+
 # -- defect 5: bytes that are not UTF-8 ---------------------------------------------------
 
 

@@ -68,6 +68,7 @@ async def test_post_events_past_the_rate_gets_429_with_retry_after() -> None:
             response = await treq.post(local.url + "events", json={"event": "e", "data": n})
             codes.append(response.code)
             if response.code == 429:
+                assert response.phrase == b"Too Many Requests"
                 assert response.headers.getRawHeaders("retry-after") == ["1"]
                 answer = json.loads(await response.content())
                 assert "at most 3 per second" in answer["error"]

@@ -129,6 +129,8 @@ class SSEResource(Resource):
     """
 
     isLeaf = True
+    # Not HEAD: a HEAD would open a stream that never writes a byte.
+    allowedMethods = (b"GET",)
 
     def __init__(
         self,

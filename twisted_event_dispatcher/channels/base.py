@@ -55,6 +55,8 @@ def check_event_name(name: object, what: str = "event name", wildcard: bool = Fa
     if len(name) > MAX_NAME_LENGTH:
         raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
     if not name.isprintable():
+        if any("\ud800" <= c <= "\udfff" for c in name):
+            raise ValueError(f"{what} {name!r} contains a lone surrogate (not valid Unicode)")
         raise ValueError(f"{what} {name!r} contains control characters")
     if name.startswith("_"):
         raise ValueError(f"{what} {name!r} starts with '_', which is reserved")

@@ -22,6 +22,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from ..channels.message import encode_json
+from ._security import SECURITY_HEADERS
 
 __all__ = ["ConnectionLimit", "HeaderTimeoutChannel", "descriptor_shortfall", "limit"]
 
@@ -35,11 +36,17 @@ SPARE_DESCRIPTORS = 8
 WARN_EVERY = 60.0
 
 
+_SECURITY_LINES = "".join(
+    f"{name.decode()}: {value.decode()}\r\n" for name, value in SECURITY_HEADERS.items()
+)
+
+
 def _response(code: int, reason: str, error: str, extra: str = "") -> bytes:
     body = encode_json({"error": error}).encode()
     return (
         f"HTTP/1.1 {code} {reason}\r\nconnection: close\r\ncontent-type: application/json\r\n"
-        f"cache-control: no-store\r\n{extra}content-length: {len(body)}\r\n\r\n"
+        f"cache-control: no-store\r\n{_SECURITY_LINES}{extra}"
+        f"content-length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 

@@ -69,11 +69,15 @@ class Refusal(Exception):
     short status-line phrase (WebSocket clients often show only the status line).
     """
 
-    def __init__(self, code: int, reason: str, phrase: str = "Bad Request") -> None:
+    def __init__(
+        self, code: int, reason: str, phrase: str = "Bad Request", allow: bytes = b""
+    ) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.phrase = phrase
+        #: With 405: the ``Allow`` header (the methods the resource answers).
+        self.allow = allow
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -226,12 +230,26 @@ def check_host_name(name: str) -> str:
     return cleaned.strip("[]")
 
 
-_NO_PREFLIGHT = Refusal(
-    405,
+_NO_PREFLIGHT = (
     "OPTIONS is not supported: the hub sends no CORS headers, so pages on other origins "
-    "cannot call its HTTP API (they can use /ws, from an origin given with --origin)",
-    "Method Not Allowed",
+    "cannot call its HTTP API (they can use /ws, from an origin given with --origin)"
 )
+
+
+def allowed_methods(resource: IResource) -> tuple[bytes, ...] | None:
+    """
+    The methods ``resource`` answers (``HEAD`` only with ``GET``), or None when it does
+    not say (a resource that implements ``render`` itself, like the WebSocket one).
+    """
+    methods = getattr(resource, "allowedMethods", None)
+    if methods is None:
+        methods = [name[7:].encode() for name in dir(resource) if name.startswith("render_")]
+    if not methods:
+        return None
+    found = set(methods)
+    if b"GET" not in found:
+        found.discard(b"HEAD")  # Resource.render_HEAD renders GET
+    return tuple(sorted(found))
 
 
 class _Refused(Resource):
@@ -245,8 +263,8 @@ class _Refused(Resource):
 
     def render(self, request: Request) -> bytes:
         request.setResponseCode(self.refusal.code, self.refusal.phrase.encode("ascii"))
-        if self.refusal.code == 405:
-            request.setHeader(b"allow", b"GET, HEAD, POST")
+        if self.refusal.allow:
+            request.setHeader(b"allow", self.refusal.allow)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
         return encode_json({"error": self.refusal.reason}).encode("utf-8")
@@ -271,9 +289,18 @@ class GuardedSite(Site):
             self.guard.check(request)
         except Refusal as refusal:
             return _Refused(refusal)
-        if request.method == b"OPTIONS":
-            return _Refused(_NO_PREFLIGHT)
         resource: IResource = super().getResourceFor(request)  # type: ignore[no-untyped-call]
+        # Every method a resource does not answer is a 405 naming those it does: never
+        # twisted.web's 501 (an unknown method) or a 500 (HEAD on a POST-only resource).
+        methods = allowed_methods(resource)
+        if request.method == b"OPTIONS" or (methods and request.method not in methods):
+            allow = b", ".join(methods or ())
+            reason = (
+                _NO_PREFLIGHT if request.method == b"OPTIONS"
+                else f"{_shown(request.method.decode('latin-1'))} is not allowed here; "
+                f"use {(allow or b'GET').decode()}"
+            )
+            return _Refused(Refusal(405, reason, "Method Not Allowed", allow))
         return resource
 
 

@@ -109,7 +109,7 @@ class HubOptions(usage.Options):
         self["origins"].append(origin)
 
     def opt_host_name(self, name: str) -> None:
-        """Answer to this Host name too (repeatable; without --token: localhost only)."""
+        """Also answer to this Host name (repeatable; checked only without a token)."""
         from ._security import check_host_name
 
         try:

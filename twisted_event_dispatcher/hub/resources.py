@@ -37,9 +37,13 @@ _FIELDS = frozenset({"event", "keywords", "data"})
 _SCALARS = (str, int, float, bool, type(None))
 
 
+#: Status lines twisted.web does not know.
+_PHRASES = {429: b"Too Many Requests"}
+
+
 def respond(request: Request, code: int, payload: dict[str, Any]) -> bytes:
     """A JSON response."""
-    request.setResponseCode(code)
+    request.setResponseCode(code, _PHRASES.get(code))
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return encode_json(payload).encode("utf-8")
@@ -116,6 +120,7 @@ class EventsResource(Resource):
     """``POST /events``: ``{"event": name, "keywords": {...}, "data": ...}`` -> 202."""
 
     isLeaf = True
+    allowedMethods = (b"POST",)
 
     def __init__(self, hub: Hub) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
