@@ -12,6 +12,13 @@ For each N and each server:
 * **memory per idle connection**: what N idle, subscribed connections hold in the server's
   Python heap (``tracemalloc``: transport, protocol, carrier, subscriptions), per connection.
 
+Then, for our server alone, **one stalled client among 200 readers** (issue 9): a client in
+a third process (``bench/_stalled.py``) with an 8 KiB receive buffer that subscribes and
+never reads (the server's send buffer to it is 8 KiB too), its carrier's queue already
+full at ``max_queue`` and dropping the oldest, against the same 200 readers without it;
+rounds alternate, and the ratio of the median times until every reader has all the
+events is what the stalled client costs the others.
+
 Run with ``bash scripts/bench`` (``--quick`` for a smoke run). Loops are bounded and every
 client process stops by itself.
 """
@@ -21,6 +28,8 @@ from __future__ import annotations
 import gc
 import json
 import resource
+import socket
+import statistics
 import sys
 import time
 import tracemalloc
@@ -43,6 +52,8 @@ BATCH = 50
 PACE = 0.010
 #: Paced events sent before the measured ones (new connections settle in).
 WARM_UP = 10
+#: Readers beside the stalled client.
+STALLED_READERS = 200
 
 
 
@@ -148,6 +159,94 @@ async def measure(mode: str, count: int, events: int, paced: int) -> dict[str, f
         await port.stopListening()
 
 
+async def fill(server: Server, carrier: Any) -> None:
+    """Publish until the stalled client's carrier queue is full and drops the oldest."""
+    for n in range(200_000):  # bounded: ~1,600 events fill the buffers and the queue
+        if carrier.queued >= carrier.max_queue and carrier._dropped:
+            return
+        server.publish(paced=False)
+        if n % BATCH == BATCH - 1:
+            await deferLater(reactor, 0, lambda: None)
+    raise RuntimeError("the stalled client's queue did not fill")
+
+
+async def stalled_round(server: Server, port: int, events: int, stalled: bool) -> float:
+    """
+    Seconds from the first publish until each of ``STALLED_READERS`` readers has all
+    ``events`` events, with one stalled client subscribed too when ``stalled``.
+    """
+    staller: BenchProcess | None = None
+    carrier: Any = None
+    dropped = 0
+    if stalled:
+        staller = await spawn_ready("bench._stalled", port)
+        await wait_until(lambda: server.subscribed() == 1)
+        (protocol,) = server.factory.connections
+        carrier = protocol.carrier
+        # A small send buffer on the server's end too (as in tests/test_websocket_slow.py):
+        # else Linux grows it, on loopback, to megabytes that the queue drains into.
+        handle: Any = protocol.transport
+        handle.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+        await fill(server, carrier)
+        dropped = carrier._dropped
+    readers = await spawn(port, STALLED_READERS, "ours", events)
+    await wait_until(lambda: server.subscribed() == STALLED_READERS + stalled)
+    gc.collect()  # no collection of the previous round's garbage in this one's time
+    start = time.time()
+    for n in range(events):
+        server.publish(paced=False)
+        if n % BATCH == BATCH - 1:
+            await deferLater(reactor, 0, lambda: None)
+    result = await readers.result
+    await readers.ended
+    if staller is not None:
+        # It stayed stalled, with a full queue, dropping the oldest event for each new one.
+        if carrier.closed or carrier.queued != carrier.max_queue:
+            raise RuntimeError(
+                f"the stalled client's queue was not full throughout "
+                f"(closed: {carrier.closed}, queued: {carrier.queued})"
+            )
+        if carrier._dropped - dropped != events:
+            raise RuntimeError("the stalled client's carrier did not drop one per event")
+        staller.result.addErrback(lambda _: None)  # it prints no result line
+        transport: Any = staller.transport
+        transport.closeStdin()
+        await staller.ended
+    await wait_until(lambda: server.subscribed() == 0)
+    return float(result["done_at"] - start)
+
+
+async def stalled_table(rounds: int, quick: bool) -> int:
+    """Print the stalled-client table; the number of missed targets (0 or 1)."""
+    events = 2000 if quick else 5000
+    rounds = 5 if quick else rounds  # 3 are too few against this much noise
+    server = Server("ours")
+    listening: Any = reactor.listenTCP(0, server.factory, backlog=2048, interface="127.0.0.1")
+    port = listening.getHost().port
+    samples: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for stalled in (True, False):  # warm-up: the first rounds are slower
+            await stalled_round(server, port, events, stalled)
+        for round_number in range(rounds):
+            for stalled in (True, False) if round_number % 2 else (False, True):
+                samples[stalled].append(await stalled_round(server, port, events, stalled))
+    finally:
+        await listening.stopListening()
+    with_stalled, without = (statistics.median(samples[key]) * 1000 for key in (True, False))
+    ratio = with_stalled / without
+    met = "yes" if ratio <= 1.10 else "**no**"
+    sys.stdout.write(
+        f"\nOne stalled client (never reads; 8 KiB socket buffers; its queue full at "
+        f"max_queue = {server.factory.max_queue}, dropping the oldest) among "
+        f"{STALLED_READERS} readers; {rounds} interleaved rounds, medians\n\n"
+        "| readers | metric | with stalled | without | with / without | target | met |\n"
+        "| ---: | --- | ---: | ---: | ---: | --- | --- |\n"
+        f"| {STALLED_READERS} | ms until all have {events:,} events | {with_stalled:,.1f} "
+        f"| {without:,.1f} | {ratio:.2f}x | <= 1.10x | {met} |\n"
+    )
+    return int(ratio > 1.10)
+
+
 async def run(argv: list[str]) -> None:
     rounds, n = options("WebSocket fan-out against a raw Autobahn broadcast", argv)
     quick = "--quick" in argv
@@ -191,6 +290,7 @@ async def run(argv: list[str]) -> None:
                 f"| {count} | {label} | {fmt.format(ours[key])} | {fmt.format(raw[key])} "
                 f"| {ratio:.2f}x | {target_text} | {met} |\n"
             )
+    missed += await stalled_table(rounds, quick)
     out(f"\n{missed} target(s) missed.\n\n")
 
 
