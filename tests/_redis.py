@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Callable
@@ -78,6 +79,11 @@ class RedisServer:
         assert self.process is not None and self.process.transport is not None
         self.process.transport.signalProcess(signal)
         await self.process.ended
+
+    def signal(self, name: str) -> None:
+        """Send the server a signal (``STOP`` and ``CONT`` make it hang and resume)."""
+        assert self.process is not None and self.process.transport is not None
+        self.process.transport.signalProcess(getattr(signal, f"SIG{name}"))
 
     async def restart(self) -> None:
         await self.kill()

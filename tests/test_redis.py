@@ -423,6 +423,36 @@ async def test_health_is_degraded_while_the_reading_connection_is_down(
         await channel.disconnect()
 
 
+@pytest_twisted.ensureDeferred
+async def test_health_is_degraded_while_redis_hangs(redis: RedisServer) -> None:
+    # SIGSTOP: the connections stay open, nothing answers. Found by an attacker: /health
+    # said "ok" for as long as Redis hung.
+    channel = RedisStreamChannel("hung", url=redis.url, block=100, reply_timeout=0.5)
+    await channel.connect()
+    carrier = RecordingCarrier()
+    await channel.subscribe("*", carrier)
+    try:
+        await channel.publish("e", "before")
+        assert channel.health()["problem"] is None
+        redis.signal("STOP")
+        try:
+            await until(lambda: channel.health()["reader"] is False, limit=5)
+            health = channel.health()
+            assert "has not answered the reading connection" in health["problem"]
+            with pytest.raises(ChannelUnavailableError):
+                await channel.publish("e", "while hung")  # refused, not accepted and lost
+        finally:
+            redis.signal("CONT")
+        await until(lambda: channel.health()["problem"] is None, limit=5)
+        await channel.publish("e", "after")
+        await until(lambda: any(m.data == "after" for m in carrier.messages))
+        assert [m.data for m in carrier.messages] == ["before", "after"], (
+            "the publish refused while Redis hung was not stored when it woke up"
+        )
+    finally:
+        await channel.disconnect()
+
+
 _names = st.sampled_from(["e", "d", "p", "x", ""])
 _values = st.one_of(
     st.text(max_size=30),

@@ -21,10 +21,19 @@ from .message import MAX_DEPTH, Message, encode_json, json_depth
 __all__ = ["PUBLISH_SCRIPT", "entry_offset", "parse_entry"]
 
 #: KEYS: stream, epoch, offset counter. ARGV: MAXLEN, a new epoch (used if there is none),
-#: then event name and data JSON for each message. Returns the epoch, then the offsets.
+#: a deadline (milliseconds of Redis' clock), then event name and data JSON for each
+#: message. Returns the epoch, then the offsets.
+#: Past the deadline the script stores nothing and answers an ``EXPIRED`` error: the
+#: publisher has given up by then (answered 503), so a Redis that hung with the call
+#: queued must not store it when it wakes up.
 #: An entry another program added with a higher id than the counter would make XADD fail
 #: for every later publish: the script then moves the counter past the stream's last id.
 PUBLISH_SCRIPT: Final = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(ARGV[3]) then
+  return redis.error_reply('EXPIRED this publish reached Redis after its deadline; ' ..
+                           'nothing was stored')
+end
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[2]
@@ -32,7 +41,7 @@ if not epoch then
   redis.call('DEL', KEYS[3])
 end
 local offsets = {epoch}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local offset = redis.call('INCR', KEYS[3])
   local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], offset .. '-0',
                             'e', ARGV[i], 'd', ARGV[i + 1], 'p', epoch)

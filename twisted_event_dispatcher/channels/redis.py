@@ -27,6 +27,7 @@ share a channel's events, in one order, with resume after reconnect.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from typing import Any
 
@@ -131,6 +132,11 @@ class RedisStreamChannel(Channel):
         self._closed = False  # disconnect() was called
         self._connecting: list[Deferred[None]] | None = None
         self._reader_up = False
+        # When the reader last heard from Redis: a blocking read answers within
+        # ``block`` ms even when idle, so silence beyond that means Redis hangs.
+        self._heard_at = 0.0
+        #: Redis' clock minus ours, in seconds (see _measure_clock).
+        self._clock_offset = 0.0
         self._pending: list[_Pending] = []
         self._batch: list[tuple[str, Any, str, Deferred[Message]]] = []
         self.reconnects = 0
@@ -201,6 +207,7 @@ class RedisStreamChannel(Channel):
             sha = await self._answer(
                 writer.execute_command("SCRIPT", "LOAD", PUBLISH_SCRIPT), "SCRIPT LOAD"
             )
+            await self._answer(Deferred.fromCoroutine(self._measure_clock(writer)), "TIME")
             await self._answer(
                 Deferred.fromCoroutine(self._sync(reader, reconnected=True)), "the epoch check"
             )
@@ -215,6 +222,12 @@ class RedisStreamChannel(Channel):
         self._writer, self._reader, self._script_sha = writer, reader, sha
         self._ready = self._reader_up = True
         Deferred.fromCoroutine(self._read_loop(reader))
+
+    async def _measure_clock(self, connection: Any) -> None:
+        """How far Redis' clock is ahead of ours (for publish deadlines), to a round trip."""
+        before = time.time()
+        seconds, micros = await connection.execute_command("TIME")
+        self._clock_offset = int(seconds) + int(micros) / 1e6 - (before + time.time()) / 2
 
     async def _answer(self, reply: Deferred[Any], doing: str) -> Any:
         """``reply``'s result, or a clear error after ``reply_timeout`` seconds."""
@@ -254,7 +267,7 @@ class RedisStreamChannel(Channel):
 
     def health(self) -> dict[str, Any]:
         """Connection state, and what was lost or skipped, for the hub's ``/health``."""
-        reader = self._ready and self._reader_up
+        reader = self._ready and self._reader_up and not self._silent()
         writer = self._ready and self._writer_up()
         return {
             "url": str(self.url),
@@ -281,8 +294,17 @@ class RedisStreamChannel(Channel):
             if not (reader or writer)
             else "the reading connection is" if not reader else "the publishing connection is"
         )
+        if self._reader_up and self._silent():
+            return (
+                f"Redis at {self.url} has not answered the reading connection for "
+                f"{self.clock.seconds() - self._heard_at:.0f} s (hung or overloaded?)"
+            )
         error = f" (last error: {self.last_error})" if self.last_error else ""
         return f"Redis at {self.url}: {down} down, reconnecting{error}"
+
+    def _silent(self) -> bool:
+        """The reader's connection is up but Redis has not answered it for too long."""
+        return self.clock.seconds() - self._heard_at > self.block / 1000 + self.reply_timeout
 
     # -- following the stream ------------------------------------------------------------
 
@@ -362,11 +384,13 @@ class RedisStreamChannel(Channel):
         """Read the stream until :meth:`disconnect`; survive lost connections."""
         delay = self.RECONNECT_INITIAL
         resync = False
+        self._heard_at = self.clock.seconds()
         while self._reader is reader:
             try:
                 if resync:
                     # After a reconnect: the stream may be another one now.
                     await self._sync(reader, reconnected=True)
+                    await self._measure_clock(reader)  # maybe another server now
                     resync = False
                     self._reader_up = True
                     _log.info("channel {name}: Redis is back", name=self.name)
@@ -374,6 +398,7 @@ class RedisStreamChannel(Channel):
                     "XREAD", "COUNT", str(self.READ_COUNT), "BLOCK", str(self.block),
                     "STREAMS", self._stream, self._cursor,
                 )
+                self._heard_at = self.clock.seconds()
                 delay = self.RECONNECT_INITIAL
                 if reply is None:
                     await self._sync(reader)  # idle: was the stream lost meanwhile?
@@ -381,6 +406,7 @@ class RedisStreamChannel(Channel):
                     for _, entries in reply:
                         await self._read(reader, entries)
             except Exception as e:
+                self._heard_at = self.clock.seconds()
                 if self._reader is not reader:
                     return
                 if self._reader_up:
@@ -481,7 +507,12 @@ class RedisStreamChannel(Channel):
         if not batch:
             return
         writer = self._writer
-        arguments: list[str] = ["3", *self._keys, str(self.history_size), uuid.uuid4().hex[:16]]
+        # Redis stores nothing that arrives after half the reply timeout (by its clock):
+        # what this process answers as failed after the whole timeout is never stored.
+        deadline = (time.time() + self._clock_offset + self.reply_timeout / 2) * 1000
+        arguments: list[str] = [
+            "3", *self._keys, str(self.history_size), uuid.uuid4().hex[:16], str(int(deadline))
+        ]
         for key, _, data_json, _ in batch:
             arguments += [key, data_json]
         if writer is None:
