@@ -9,14 +9,16 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tests._clients import SSEClient, connect_sse
+from tests._redis import until
 from tests._servers import LocalServer, make_channels
 from twisted_event_dispatcher.carriers.sse import SSEResource, parse_last_event_id
-from twisted_event_dispatcher.channels import ChannelRegistry
+from twisted_event_dispatcher.channels import ChannelRegistry, MemoryChannel
 
 
 class Server(LocalServer):
@@ -272,3 +274,50 @@ def test_parse_last_event_id() -> None:
     for bad in ("", "x", "a:b", "ab-c:1", "1.5"):
         with pytest.raises(ValueError):
             parse_last_event_id(bad)
+
+
+class _SlowResume(MemoryChannel):
+    """Resumes of event ``b`` complete when ``gate`` fires, as a Redis resume may."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate: Deferred[None] = Deferred()
+
+    def _subscribe(
+        self, event: str, carrier: Any, since: int | None, epoch: str | None
+    ) -> Deferred[Any]:
+        if event != "b":
+            return super()._subscribe(event, carrier, since, epoch)
+        later = Deferred.fromCoroutine(self._later())
+        return later.addCallback(lambda _: super(_SlowResume, self)._subscribe(
+            event, carrier, since, epoch
+        ))
+
+    async def _later(self) -> None:
+        await self.gate
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_multi_event_resume_stays_in_offset_order() -> None:
+    # Found by an attacker on a Redis hub: live events of the first subscription to
+    # complete went out before the _subscribed blocks and the replay of the others.
+    server = await start_server()
+    slow = _SlowResume("slow")
+    server.channels._channels["slow"] = slow
+    try:
+        for n in range(4):
+            await slow.publish("a" if n % 2 else "b", n)
+        client = await server.stream("/sse?channel=slow&event=a&event=b&since=0")
+        await until(lambda: slow.carrier_count == 1)  # "a" is subscribed, "b" is not yet
+        await slow.publish("a", "live a")
+        await slow.publish("b", "live b")
+        slow.gate.callback(None)
+        await client.wait(lambda b: b.get("event") == "a" and data(b)["data"] == "live a")
+        await slow.publish("b", "later")
+        await client.wait(lambda b: "id" in b and data(b)["data"] == "later")
+        kinds = [b.get("event") for b in client.events() if b.get("event") != "_gap"]
+        assert kinds[:2] == ["_subscribed", "_subscribed"], kinds
+        ids = [int(b["id"].split(":")[1]) for b in client.events() if "id" in b]
+        assert ids == [1, 2, 3, 4, 5, 6, 7], "every message once, in offset order"
+    finally:
+        await stop_server(server)

@@ -366,3 +366,24 @@ async def test_client_initiated_close_stops_delivery(server: Server) -> None:
     client.sendClose()
     _, code, _ = await client.closed
     assert code == 1000 and server.news.carrier_count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_subscribing_again_is_refused_never_delivered_twice(server: Server) -> None:
+    # Found by an attacker: a second subscribe with since=0 replayed what the first had
+    # delivered already, to the same subscription.
+    client = await server.client()
+    await subscribe(client, "*")
+    for n in range(3):
+        await server.news.publish("a", n)
+    await client.wait(lambda f: f.get("data") == 2)
+    again = await subscribe(client, "*", since=0)
+    assert again["type"] == "error" and "already subscribed to '*'" in again["reason"]
+    await server.news.publish("a", 3)
+    await client.wait(lambda f: f.get("data") == 3)
+    assert [e["id"] for e in client.events()] == [1, 2, 3, 4]
+    client.send_json({"type": "unsubscribe", "event": "*"})
+    await client.wait_type("unsubscribed")
+    resumed = await subscribe(client, "*", since=2)  # after unsubscribing: a resume
+    assert resumed["type"] == "subscribed" and resumed["replayed"] == 2
+    await client.wait(lambda f: f.get("type") == "event" and f["id"] == 4, start=8)

@@ -85,11 +85,48 @@ def _text(value: bytes, what: str) -> str:
 
 
 class SSECarrier(QueueingCarrier):
-    """Delivers messages as SSE blocks on one streaming HTTP response."""
+    """
+    Delivers messages as SSE blocks on one streaming HTTP response.
+
+    A stream subscribes to several events at once, and a resuming subscription may
+    complete asynchronously (Redis reads the history): between :meth:`hold` and
+    :meth:`release`, live messages wait, so that the stream starts with the replay and
+    stays in offset order whichever subscription completes first.
+    """
 
     def __init__(self, request: Request, max_queue: int, overflow: str) -> None:
         super().__init__(max_queue, overflow)
         self.request = request
+        self._holding: list[Message] | None = None
+        self._held_dropped = 0
+
+    def hold(self) -> None:
+        """Keep live messages back (at most ``max_queue``, the oldest dropped first)."""
+        self._holding = []
+
+    def deliver(self, message: Message) -> None:
+        holding = self._holding
+        if holding is None:
+            super().deliver(message)
+            return
+        if len(holding) >= self.max_queue:
+            del holding[0]
+            self._held_dropped += 1
+        holding.append(message)
+
+    def release(self, replay: list[Message]) -> None:
+        """
+        Deliver ``replay`` and the messages held back, merged into offset order, each
+        once; then deliver live messages as they come.
+        """
+        held, self._holding = self._holding or [], None
+        merged = {m.id: m for m in replay}
+        merged.update((m.id, m) for m in held)
+        for offset in sorted(merged):
+            super().deliver(merged[offset])
+        if self._held_dropped:
+            count, self._held_dropped = self._held_dropped, 0
+            self.send_control(_control("_dropped", {"count": count}))
 
     def _write_message(self, message: Message) -> None:
         self.request.write(message.encoded(SSECarrier, _block))
@@ -190,6 +227,7 @@ class SSEResource(Resource):
             carrier.connection_lost()
 
         request.notifyFinish().addBoth(finished)
+        carrier.hold()  # until every subscription has its replay (see _subscribed)
         subscribed = gatherResults(
             [channel.subscribe(event, carrier, since, epoch) for event in events],
             consumeErrors=True,
@@ -220,7 +258,7 @@ class SSEResource(Resource):
         return channel, events or [WILDCARD], since, epoch
 
     def _subscribed(self, subscriptions: list[Subscription], carrier: SSECarrier) -> None:
-        replay: dict[int, Message] = {}
+        replay: list[Message] = []
         for subscription in subscriptions:
             carrier.send_control(
                 _control(
@@ -236,10 +274,10 @@ class SSEResource(Resource):
             )
             if subscription.gap is not None:
                 carrier.notify_gap(subscription.channel, subscription.event, subscription.gap)
-            replay.update((m.id, m) for m in subscription.replay)
-        # several events: their missed messages, merged back into offset order, once each
-        for offset in sorted(replay):
-            carrier.deliver(replay[offset])
+            replay.extend(subscription.replay)
+        # several events: their missed messages and the live ones that came meanwhile,
+        # merged back into offset order, once each
+        carrier.release(replay)
 
     def _failed(self, failure: Failure, carrier: SSECarrier) -> None:
         _log.failure("SSE subscribe failed", failure=failure)

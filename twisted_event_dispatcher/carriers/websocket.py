@@ -278,21 +278,24 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         if epoch is not None and not isinstance(epoch, str):
             raise BadRequest(f"epoch must be a string, got {show(epoch)}")
         key = (channel.name, event)
-        new = key not in self._subscriptions
-        if new:
-            if len(self._subscriptions) >= self.factory.max_subscriptions:
-                raise BadRequest(
-                    f"subscription limit reached ({self.factory.max_subscriptions} "
-                    "per connection)"
-                )
-            self._subscriptions[key] = channel
+        if key in self._subscriptions:
+            # Subscribing again would replay (since) or deliver (live) what this
+            # subscription already delivers: never twice to one subscription.
+            raise BadRequest(
+                f"already subscribed to {show(event)} on channel {show(channel.name)}; "
+                "unsubscribe first to subscribe again"
+            )
+        if len(self._subscriptions) >= self.factory.max_subscriptions:
+            raise BadRequest(
+                f"subscription limit reached ({self.factory.max_subscriptions} per connection)"
+            )
+        self._subscriptions[key] = channel
         carrier = self.carrier
         assert carrier is not None
         try:
             d = channel.subscribe(event, carrier, since, epoch)
         except Exception:
-            if new:  # refused at once: it holds no slot
-                self._subscriptions.pop(key, None)
+            self._subscriptions.pop(key, None)  # refused at once: it holds no slot
             raise
         d.addCallbacks(self._subscribed, self._subscribe_failed, errbackArgs=(key,))
 
