@@ -254,6 +254,15 @@ def test_trickled_headers_get_408_at_the_deadline() -> None:
     assert transport.disconnecting
 
 
+def test_a_header_line_too_long_gets_431_not_a_silent_close() -> None:
+    channel, transport = _connect(_site(Clock()))
+    channel.dataReceived(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    body = transport.value().split(b"\r\n\r\n", 1)[1]
+    assert "longer than 16384 bytes" in json.loads(body)["error"]
+    assert transport.disconnecting
+
+
 def test_silent_connection_gets_408() -> None:
     clock = Clock()
     _, transport = _connect(_site(clock, 2.5))

@@ -101,6 +101,19 @@ class HeaderTimeoutChannel(HTTPChannel):
         self._disarm()
         super().allContentReceived()  # type: ignore[no-untyped-call]
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver would drop the connection without a word.
+        transport: Any = self.transport
+        if transport is not None:
+            transport.write(
+                _response(
+                    431,
+                    "Request Header Fields Too Large",
+                    f"a request line or header is longer than {self.MAX_LENGTH} bytes",
+                )
+            )
+        self.loseConnection()  # type: ignore[no-untyped-call]
+
     def _expired(self) -> None:
         self._deadline = None
         transport: Any = self.transport
