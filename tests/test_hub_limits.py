@@ -33,6 +33,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tests._clients import connect_sse, connect_ws
 from tests._hub import HubProcess, spawn_hub, start_hub
+from tests._local_hub import start_local_hub
+from tests._raw_http import send
 from twisted_event_dispatcher.hub import Hub, HubService
 from twisted_event_dispatcher.hub._limits import (
     ConnectionLimit,
@@ -307,6 +309,106 @@ def test_kept_alive_connection_gets_a_new_deadline_per_request() -> None:
     assert not transport.disconnecting
     clock.advance(0.1)
     assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
+
+
+# -- a body over --max-body is refused at once (issue 9, attack finding A) --------------------
+
+
+def _hub_channel(clock: Clock, max_body: int = 65536) -> tuple[Any, StringTransport]:
+    hub = Hub(clock=clock, max_body=max_body)
+    hub.site.reactor = clock  # the header deadline runs on the test's clock
+    return _connect(limit(hub.site, max_connections=None, header_timeout=10.0))
+
+
+def _only_413(transport: StringTransport, limit_bytes: int) -> None:
+    """One 413 naming the limit, with the security headers, and the connection closing."""
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 413 Payload Too Large\r\n"), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b"x-content-type-options: nosniff\r\n" in answer
+    assert b"content-security-policy: " in answer and b"x-frame-options: DENY\r\n" in answer
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body == {"error": f"the body is larger than {limit_bytes} bytes"}
+    assert transport.disconnecting
+
+
+@pytest.mark.parametrize("length", [65537, 10_000_000])
+def test_declared_length_over_max_body_gets_413_before_any_body(length: int) -> None:
+    # It used to wait for the body and answer 408 at the header deadline.
+    clock = Clock()
+    channel, transport = _hub_channel(clock)
+    channel.dataReceived(
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n{" % length
+    )
+    _only_413(transport, 65536)  # at once: the clock never moved
+    channel.dataReceived(b'"event": "x"}' + b" " * 1000)  # read no further
+    assert not transport.disconnected
+    clock.advance(10)  # a client that does not read its 413 is cut off; no 408 after it
+    _only_413(transport, 65536)
+    assert transport.disconnected
+
+
+def test_declared_length_over_max_body_with_expect_continue_is_not_continued() -> None:
+    clock = Clock()
+    channel, transport = _hub_channel(clock, max_body=100)
+    channel.dataReceived(
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 101\r\n\r\n"
+    )
+    assert b"100 Continue" not in transport.value()
+    _only_413(transport, 100)
+
+
+def test_chunked_body_over_max_body_gets_413_at_the_chunk_that_crosses_it() -> None:
+    clock = Clock()
+    channel, transport = _hub_channel(clock, max_body=100)
+    channel.dataReceived(
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"40\r\n" + b"a" * 64 + b"\r\n"
+    )
+    assert transport.value() == b"", "64 bytes are within the limit"
+    channel.dataReceived(b"40\r\n" + b"a" * 64 + b"\r\n")  # never terminated
+    _only_413(transport, 100)
+
+
+def test_chunked_body_over_max_body_and_its_end_in_one_read_is_answered_once() -> None:
+    clock = Clock()
+    channel, transport = _hub_channel(clock, max_body=100)
+    channel.dataReceived(
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"80\r\n" + b"a" * 128 + b"\r\n0\r\n\r\n"
+    )
+    _only_413(transport, 100)
+
+
+def test_declared_length_within_max_body_is_still_read() -> None:
+    clock = Clock()
+    channel, transport = _hub_channel(clock, max_body=100)
+    channel.dataReceived(
+        b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+    )
+    assert transport.value() == b"" and not transport.disconnecting
+    channel.dataReceived(b"[" + b" " * 98 + b"]")
+    assert transport.value().startswith(b"HTTP/1.1 400 "), transport.value()[:200]
+    assert b"must be a JSON object" in transport.value()
+
+
+@pytest_twisted.ensureDeferred
+async def test_declared_length_over_max_body_is_answered_at_once_over_a_socket() -> None:
+    local = await start_local_hub(max_body=1000)
+    try:
+        start = reactor.seconds()
+        answer = await send(
+            local.port,
+            b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000\r\n\r\n{",
+            timeout=3,  # the header timeout is 10 s: this fails if the hub waits for it
+        )
+        assert answer.status == 413 and reactor.seconds() - start < 3
+        assert json.loads(answer.body) == {"error": "the body is larger than 1000 bytes"}
+        assert answer.header("x-content-type-options") == b"nosniff"
+        assert not local.problems()
+    finally:
+        await local.stop()
 
 
 def test_connections_over_the_cap_get_503_and_others_keep_working() -> None:

@@ -9,11 +9,19 @@ from typing import Any
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
+from twisted.logger import LogLevel, formatEvent
+from twisted.python.failure import Failure
 
 from tests._clients import connect_ws
 from tests._hub import HubProcess, spawn_hub, start_hub
+from tests._local_hub import start_local_hub
+from tests._log import LogCapture
 from tests._redis import RedisServer
+from twisted_event_dispatcher.channels.message import Message
+from twisted_event_dispatcher.errors import ChannelUnavailableError, InvalidDataError
+from twisted_event_dispatcher.hub._publish import NotPublished, Publisher
 
 
 @pytest_twisted.async_yield_fixture
@@ -145,3 +153,117 @@ async def test_unreachable_redis_and_bad_url_are_clear_errors(redis: RedisServer
         assert "refused the credentials" in wrong.text
     finally:
         await protected.stop()
+
+
+# -- an outage is answered 503, and logged once, not as a traceback per request --------------
+
+
+class _Flaky:
+    """A channel whose publish fails with ``error`` while it is set, else succeeds."""
+
+    name = "events"
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    def publish(self, key: str, data: Any) -> Deferred[Message]:
+        if isinstance(self.error, InvalidDataError):
+            raise self.error
+        if self.error is not None:
+            return fail(self.error)
+        return succeed(Message(1, "e", self.name, key, data, json.dumps(data)))
+
+
+def _outcome(publisher: Publisher, event: Any) -> Any:
+    """What the handler returned, or what its (already fired) Deferred settled with."""
+    result: Any = publisher(event)
+    if not isinstance(result, Deferred):
+        return result
+    settled: list[Any] = []
+    result.addBoth(settled.append)
+    return settled[0]
+
+
+def _warnings(log: LogCapture) -> list[str]:
+    return [
+        formatEvent(e) for e in log.events
+        if e.get("log_namespace") == "twisted_event_dispatcher.hub"
+        and e.get("log_level") in (LogLevel.warn, LogLevel.info)
+    ]
+
+
+def test_publisher_answers_refusals_and_logs_an_outage_once_then_a_count(
+    log: LogCapture,
+) -> None:
+    clock, channel = Clock(), _Flaky()
+    publisher = Publisher(channel, clock)
+    event = {"event": "tick", "data": 1}
+    channel.error = ChannelUnavailableError("Redis at redis://127.0.0.1:1/0 is unreachable")
+    results = []
+    for _ in range(31):  # one refusal every 2 s: the 31st is 60 s after the first
+        results.append(_outcome(publisher, event))
+        clock.advance(2)
+    assert results == [
+        NotPublished(503, "the channel is unavailable, retry later: Redis at "
+                     "redis://127.0.0.1:1/0 is unreachable")
+    ] * 31
+    assert publisher.refused == 31
+    assert _warnings(log) == [
+        "channel events is unavailable: events are refused (503) until it is back. "
+        "First: Redis at redis://127.0.0.1:1/0 is unreachable",
+        "channel events is still unavailable: 30 more event(s) refused (503) in the last "
+        "60 s. Last: Redis at redis://127.0.0.1:1/0 is unreachable",
+    ]
+    channel.error = None
+    assert isinstance(_outcome(publisher, event), Message)
+    assert _warnings(log)[2:] == [
+        "channel events: publishing works again; 31 event(s) were refused (503) while it "
+        "was unavailable"
+    ]
+    channel.error = ChannelUnavailableError("down again")
+    assert _outcome(publisher, event).code == 503
+    assert _warnings(log)[3:] == [
+        "channel events is unavailable: events are refused (503) until it is back. "
+        "First: down again"
+    ], "a new outage is reported at once"
+    channel.error = InvalidDataError("data is 2000000 bytes as JSON")
+    assert publisher(event) == NotPublished(400, "'data': data is 2000000 bytes as JSON")
+    channel.error = RuntimeError("a bug")
+    unexpected = _outcome(publisher, event)
+    assert isinstance(unexpected, Failure) and unexpected.check(RuntimeError)
+    unexpected.trap(RuntimeError)  # handled here (the dispatcher would log it)
+    assert len(_warnings(log)) == 4 and log.failures() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_outage_answers_503_without_a_traceback_per_request(
+    redis: RedisServer, log: LogCapture
+) -> None:
+    # Every 503 used to log "event handler <function bridge to events> failed ...:
+    # ChannelUnavailableError" with its traceback: hundreds a second during an outage.
+    local = await start_local_hub(redis_url=redis.url)
+    try:
+        first = await treq.post(local.url + "events", json={"event": "before", "data": 0})
+        assert first.code == 202
+        await first.content()
+        await redis.kill()
+        for _ in range(100):
+            if local.hub.health()["status"] == "degraded":
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        answers = []
+        for n in range(50):
+            response = await treq.post(local.url + "events", json={"event": "during", "data": n})
+            answers.append((response.code, response.headers.getRawHeaders("retry-after"),
+                            json.loads(await response.content())))
+        for code, retry_after, answer in answers:
+            assert code == 503 and retry_after == ["1"], (code, answer)
+            assert answer["error"].startswith("the channel is unavailable, retry later: ")
+            assert "Redis at redis://127.0.0.1:" in answer["error"], answer
+        assert log.failures() == [], local.problems()
+        assert not local.problems()
+        refusals = [w for w in _warnings(log) if "events are refused" in w]
+        assert len(refusals) == 1, _warnings(log)
+        assert local.hub.publisher.refused == 50
+    finally:
+        await local.stop()

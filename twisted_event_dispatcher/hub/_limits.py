@@ -119,6 +119,11 @@ class HeaderTimeoutChannel(HTTPChannel):
         transport: Any = self.transport
         if transport is None:
             return
+        if transport.disconnecting:
+            # Already answered and closing (a 413 for a body over the limit), but the
+            # client does not read its answer: it must not hold the socket either.
+            transport.abortConnection()
+            return
         _log.info(
             "closing connection from {peer}: no complete request within {timeout} s",
             peer=str(transport.getPeer()),

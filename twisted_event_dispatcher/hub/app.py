@@ -20,13 +20,13 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 
 from .._rate import RateLimiter
-from ..bridge import bridge
 from ..carriers.base import DROP_OLDEST
 from ..carriers.sse import SSEResource
 from ..carriers.websocket import EventWebSocketFactory
 from ..channels import ChannelRegistry, MemoryChannel
 from ..dispatcher import EventDispatcher
 from ._limits import descriptor_shortfall, limit
+from ._publish import Publisher
 from ._security import Guard, GuardedSite
 from .options import is_loopback
 from .resources import (
@@ -111,6 +111,8 @@ class Hub:
                 channel_name, RedisStreamChannel, history_size=history, url=redis_url
             )
         self.dispatcher = EventDispatcher(keywords, clock=clock)
+        #: The ``after``-phase handler that publishes each event to the channel.
+        self.publisher = Publisher(self.channel, rate_clock)
         self.bridge_id: int | None = None
         self.websocket = EventWebSocketFactory(
             channels=self.channels,
@@ -152,12 +154,7 @@ class Hub:
         if self.backend == "redis":
             await self.channel.connect()
         self.dispatcher.start()
-        self.bridge_id = await bridge(
-            self.dispatcher,
-            self.channel,
-            key=lambda event: event["event"],
-            serialize=lambda event: event["data"],
-        )
+        self.bridge_id = await self.dispatcher.add_event_handler(self.publisher, "after")
 
     def stop(self) -> Deferred[Any]:
         """Disconnect the channel's backend (after the dispatcher drained)."""

@@ -18,6 +18,8 @@ from ..channels.base import check_event_name
 from ..channels.message import MAX_DEPTH, encode_json, json_depth
 from ..errors import InvalidDataError
 from ..results import FireResult
+from ._limits import _response
+from ._publish import NotPublished
 
 if TYPE_CHECKING:
     from .app import Hub
@@ -90,9 +92,15 @@ def token_ok(expected: str | None, given: str | None) -> bool:
 
 class HubRequest(Request):
     """
-    A request that stores at most ``max_body`` bytes of body (past that it is refused),
-    and never parses a POST body as a form: the body is JSON, and a ``token`` hidden in a
-    form body must not count as one.
+    A request whose body may be at most ``max_body`` bytes, and that never parses a POST
+    body as a form: the body is JSON, and a ``token`` hidden in a form body must not count
+    as one.
+
+    A body over the limit is answered ``413`` and the connection closed as soon as that is
+    known: at the headers when ``Content-Length`` says so, or at the chunk that crosses
+    the limit. Waiting for the rest would let a client that declares a huge length and
+    never sends it hold the connection until the header timeout (and then get a 408 that
+    does not say what was wrong); reading it would cost bandwidth for nothing.
     """
 
     max_body = 65536
@@ -100,20 +108,47 @@ class HubRequest(Request):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self.too_large = False
+        self._refused = False
 
     def gotLength(self, length: int | None) -> None:
-        self.too_large = length is not None and length > self.max_body
-        super().gotLength(None if self.too_large else length)  # type: ignore[no-untyped-call]
         self._stored = 0
+        if length is not None and length > self.max_body:
+            super().gotLength(None)  # type: ignore[no-untyped-call]
+            self._refuse_too_large()
+            return
+        super().gotLength(length)  # type: ignore[no-untyped-call]
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.too_large:
             return
         self._stored += len(data)
         if self._stored > self.max_body:
-            self.too_large = True
+            self._refuse_too_large()
             return
         super().handleContentChunk(data)  # type: ignore[no-untyped-call]
+
+    def _refuse_too_large(self) -> None:
+        """Answer 413 now, unread body and all, and close the connection."""
+        self.too_large = True
+        channel: Any = self.channel
+        if channel is None or channel.transport is None:
+            return
+        # Twisted would answer "Expect: 100-continue" right after this call: the client
+        # must not be told to send the body it was just refused.
+        self.requestHeaders.removeHeader(b"expect")
+        channel.transport.write(
+            _response(
+                413, "Payload Too Large", f"the body is larger than {self.max_body} bytes"
+            )
+        )
+        channel.loseConnection()
+        self._refused = True
+
+    def process(self) -> None:
+        if self._refused:
+            return  # answered 413 already; the body ended in data received with it
+        super().process()  # type: ignore[no-untyped-call]
 
 
 class EventsResource(Resource):
@@ -227,6 +262,10 @@ class EventsResource(Resource):
                 else f"publishing failed: {outcome.result.getErrorMessage()}"
             )
             body = respond(request, 503 if outcome is not None else 409, {"error": reason})
+        elif isinstance(outcome.result, NotPublished):  # refused, and logged, by Publisher
+            if outcome.result.code == 503:
+                request.setHeader(b"retry-after", b"1")
+            body = respond(request, outcome.result.code, {"error": outcome.result.reason})
         else:
             message = outcome.result
             body = respond(
