@@ -215,6 +215,8 @@ async def test_no_cors_headers(hub: LocalHub) -> None:
         ("HEAD", "/sse", b"GET"),  # would open a stream that never writes a byte
         ("FOO", "/sse", b"GET"),
         ("OPTIONS", "/health", b"GET, HEAD"),
+        ("POST", "/ws", b"GET"),  # was Autobahn's bare 405 without the hub's headers
+        ("HEAD", "/ws", b"GET"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -226,6 +228,15 @@ async def test_methods_a_resource_does_not_answer_are_405_naming_the_allowed_one
     assert answer.header("x-content-type-options") == b"nosniff"
     if method != "HEAD":
         assert "not" in error_of(answer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ws_without_a_handshake_is_a_426_with_the_hubs_headers(hub: LocalHub) -> None:
+    answer = await get(hub.port, "/ws")  # was Autobahn's HTML status page, bare
+    assert answer.status == 426 and answer.header("upgrade") == b"websocket"
+    assert "WebSocket handshake" in error_of(answer)
+    assert answer.header("content-security-policy") is not None
+    assert (await handshake(hub.port)).status == 101, "a real handshake still opens"
 
 
 # -- defect 5: bytes that are not UTF-8 ---------------------------------------------------

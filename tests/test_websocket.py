@@ -387,3 +387,22 @@ async def test_subscribing_again_is_refused_never_delivered_twice(server: Server
     resumed = await subscribe(client, "*", since=2)  # after unsubscribing: a resume
     assert resumed["type"] == "subscribed" and resumed["replayed"] == 2
     await client.wait(lambda f: f.get("type") == "event" and f["id"] == 4, start=8)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_overlapping_another_subscription_is_refused(server: Server) -> None:
+    client = await server.client()
+    await subscribe(client, "*")
+    for n in range(3):
+        await server.news.publish("a", n)
+    await client.wait(lambda f: f.get("data") == 2)
+    refused = await subscribe(client, "a", since=0)
+    assert refused["type"] == "error" and "would replay" in refused["reason"]
+    assert (await subscribe(client, "a"))["type"] == "subscribed", "live: no replay, fine"
+    await server.news.publish("a", 3)
+    await client.wait(lambda f: f.get("data") == 3)
+    assert [e["id"] for e in client.events()] == [1, 2, 3, 4], "once each, in order"
+    other = await server.client()
+    await subscribe(other, "a")
+    refused = await subscribe(other, "*", since=0)
+    assert refused["type"] == "error" and "'a'" in refused["reason"]

@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 
 from .._rate import RateLimiter
 from ..channels import registry as default_registry
-from ..channels.base import Channel, Gap, Subscription, check_event_name
+from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
 from ..errors import InvalidDataError
 from ._requests import BadRequest, clip, parse_request, show
@@ -285,6 +285,20 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
                 f"already subscribed to {show(event)} on channel {show(channel.name)}; "
                 "unsubscribe first to subscribe again"
             )
+        if since is not None:
+            # A replay overlapping another subscription of this connection on the channel
+            # ("*" and a named event) would deliver that one's messages a second time.
+            overlap = next(
+                (e for c, e in self._subscriptions if c == channel.name
+                 and (e == WILDCARD or event == WILDCARD)),
+                None,
+            )
+            if overlap is not None:
+                raise BadRequest(
+                    f"a resume (since) of {show(event)} would replay what this connection's "
+                    f"subscription to {show(overlap)} on channel {show(channel.name)} "
+                    "delivered already; subscribe without since, or unsubscribe first"
+                )
         if len(self._subscriptions) >= self.factory.max_subscriptions:
             raise BadRequest(
                 f"subscription limit reached ({self.factory.max_subscriptions} per connection)"

@@ -9,7 +9,6 @@ import math
 import time
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -33,6 +32,7 @@ from .resources import (
     EventsResource,
     HealthResource,
     HubRequest,
+    WebSocketEndpoint,
     request_token,
     static_root,
     token_of,
@@ -134,7 +134,7 @@ class Hub:
         root = static_root()
         root.putChild(b"events", EventsResource(self))
         root.putChild(b"health", HealthResource(self))
-        root.putChild(b"ws", WebSocketResource(self.websocket))
+        root.putChild(b"ws", WebSocketEndpoint(self.websocket))
         root.putChild(b"sse", self.sse)
         #: Checks Origin and Host and the bytes of every request (see :mod:`._security`).
         self.guard = Guard(origins or LOOPBACK_ORIGINS, host_names, check_hosts=token is None)

@@ -8,6 +8,7 @@ import math
 from importlib import resources as package_files
 from typing import TYPE_CHECKING, Any
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -28,6 +29,7 @@ __all__ = [
     "EventsResource",
     "HealthResource",
     "HubRequest",
+    "WebSocketEndpoint",
     "request_token",
     "static_root",
     "token_of",
@@ -40,7 +42,7 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 #: Status lines twisted.web does not know.
-_PHRASES = {429: b"Too Many Requests"}
+_PHRASES = {426: b"Upgrade Required", 429: b"Too Many Requests"}
 
 
 def respond(request: Request, code: int, payload: dict[str, Any]) -> bytes:
@@ -301,6 +303,30 @@ def _finite(text: str) -> float:
     if not math.isfinite(number):
         raise ValueError(f"the number {text[:40]} is out of range for a double")
     return number
+
+
+class WebSocketEndpoint(WebSocketResource):
+    """
+    ``GET /ws``: the WebSocket carrier. Anything but a WebSocket handshake gets a JSON
+    answer with the hub's headers (426), instead of Autobahn's own status page; other
+    methods get 405 from the site (``allowedMethods``).
+    """
+
+    allowedMethods = (b"GET",)
+
+    def __init__(self, factory: Any) -> None:
+        super().__init__(factory)  # type: ignore[no-untyped-call]
+
+    def render(self, request: Request) -> bytes:
+        upgrade = request.getHeader(b"upgrade") or b""
+        if b"websocket" not in upgrade.lower():
+            request.setHeader(b"upgrade", b"websocket")
+            return respond(
+                request, 426,
+                {"error": "/ws speaks WebSocket: open it with a WebSocket handshake"},
+            )
+        rendered: bytes = super().render(request)  # type: ignore[no-untyped-call]
+        return rendered
 
 
 class HealthResource(Resource):

@@ -31,7 +31,12 @@ function connect() {
     retry = 500;
     setStatus("open", reconnects ? `connected (reconnect #${reconnects})` : "connected");
     if (reconnects) notice(`reconnected: resuming ${subscriptions.size} subscription(s)`);
-    for (const [event, state] of subscriptions) send(subscribeRequest(event, state));
+    // With "*", only "*" resumes: a named resume would replay what "*" replays (the hub
+    // refuses that overlap); the named subscriptions come back live.
+    const wildcard = subscriptions.has("*");
+    for (const [event, state] of subscriptions) {
+      send(subscribeRequest(event, wildcard && event !== "*" ? {since: null} : state));
+    }
   };
   socket.onmessage = (e) => handle(JSON.parse(e.data));
   socket.onclose = (e) => {
