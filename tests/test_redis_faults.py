@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,10 +21,16 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from tests._clients import SSEClient, WSClient, connect_sse, connect_ws
 from tests._hub import HubProcess, start_hub
+from tests._log import LogCapture
 from tests._redis import RedisServer, channel_on, until
+from twisted_event_dispatcher.carriers.sse import SSEResource
+from twisted_event_dispatcher.carriers.websocket import EventWebSocketFactory
+from twisted_event_dispatcher.channels import ChannelRegistry
 from twisted_event_dispatcher.channels.base import Gap
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 from twisted_event_dispatcher.errors import ChannelUnavailableError
@@ -314,3 +321,136 @@ async def test_redis_killed_under_load_loses_nothing_unsaid(persistent: bool) ->
         assert len(epochs) == 2, "Redis lost its data: a new epoch"
         for audit in audits:
             assert [g["reason"] for g in audit.gaps] == ["epoch"]
+
+
+# -- a resume while Redis is down or hangs -------------------------------------------------
+
+
+@pytest_twisted.async_yield_fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def resume_fails(
+    channel: RedisStreamChannel, since: int, epoch: str | None = None
+) -> tuple[float, str]:
+    """Resume from ``since``: how long it took to fail, and why (bounded: never hangs)."""
+    start = time.monotonic()
+    resuming = channel.subscribe("e", RecordingCarrier(), since=since, epoch=epoch)
+    resuming.addTimeout(5, reactor)  # the old code waited for Redis to come back
+    with pytest.raises(ChannelUnavailableError) as error:
+        await resuming
+    return time.monotonic() - start, str(error.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_while_redis_is_down_fails_at_once_and_leaves_nothing(
+    redis: RedisServer,
+) -> None:
+    # Found by an attacker: the history read of a resume waited (silently, for ever) for
+    # Redis to come back; the client got neither its replay nor an error.
+    channel = await channel_on(redis, reply_timeout=0.5)
+    try:
+        epoch = channel.epoch
+        for n in range(5):
+            await channel.publish("e", n)
+        await until(lambda: channel.last_id == 5)
+        await channel.subscribe("*", RecordingCarrier())
+        await redis.kill()
+        await until(lambda: not channel.health()["writer"])
+        # the history (XRANGE), the oldest offset for an unknown offset and another epoch
+        for since, other in [(2, None), (2, epoch), (9, None), (2, "another")]:
+            took, reason = await resume_fails(channel, since, other)
+            assert took < 0.4, "Redis is known to be down: no need to wait for it"
+            assert "is unreachable" in reason and f"after offset {since}" in reason
+            assert channel.carrier_count == 1 and channel._pending == []
+        # Subscribing without since needs nothing from Redis: live once it is back.
+        live = RecordingCarrier()
+        await channel.subscribe("e", live)
+        assert channel.carrier_count == 2
+    finally:
+        await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_while_redis_hangs_fails_within_the_reply_timeout(
+    redis: RedisServer,
+) -> None:
+    channel = await channel_on(redis, reply_timeout=0.5)
+    try:
+        for n in range(5):
+            await channel.publish("e", n)
+        await until(lambda: channel.last_id == 5)
+        redis.signal("STOP")
+        try:
+            took, reason = await resume_fails(channel, 2)
+            assert 0.4 < took < 2.5 and "did not answer XRANGE" in reason, (took, reason)
+            assert channel.carrier_count == 0 and channel._pending == []
+            # Once the channel knows (the reader heard nothing either), at once.
+            await until(lambda: channel.health()["reader"] is False, limit=5)
+            took, reason = await resume_fails(channel, 2)
+            assert took < 0.4 and "has not answered" in reason, (took, reason)
+            assert channel.carrier_count == 0 and channel._pending == []
+        finally:
+            redis.signal("CONT")
+        # Redis is back: the late replies went nowhere, a resume works again.
+        await until(lambda: channel.health()["problem"] is None, limit=5)
+        carrier = RecordingCarrier()
+        resumed = await channel.subscribe("e", carrier, since=2)
+        assert [m.data for m in resumed.replay] == [2, 3, 4]
+        await channel.publish("e", 5)
+        await until(lambda: len(carrier.messages) == 1)
+        assert channel.carrier_count == 1 and [m.data for m in carrier.messages] == [5]
+    finally:
+        await channel.disconnect()
+
+
+@pytest.mark.parametrize("outage", ["killed", "hung"])
+@pytest_twisted.ensureDeferred
+async def test_clients_resuming_while_redis_is_away_are_told_without_a_traceback(
+    redis: RedisServer, log: LogCapture, outage: str
+) -> None:
+    channels = ChannelRegistry()
+    channel = channels.get("news", RedisStreamChannel, url=redis.url, reply_timeout=0.5)
+    await channel.connect()
+    root = Resource()
+    root.putChild(b"sse", SSEResource(channels=channels, default_channel="news"))
+    sse_port: Any = reactor.listenTCP(0, Site(root), interface="127.0.0.1")  # type: ignore[arg-type]
+    factory = EventWebSocketFactory(channels=channels, default_channel="news")
+    ws_port: Any = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    ws: Any = None
+    try:
+        for n in range(3):
+            await channel.publish("a", n)
+        await until(lambda: channel.last_id == 3)
+        ws = await connect_ws(ws_port.getHost().port)
+        if outage == "killed":
+            await redis.kill()
+            await until(lambda: not channel.health()["writer"])
+        else:
+            redis.signal("STOP")
+        ws.send_json({"type": "subscribe", "event": "a", "since": 1, "epoch": channel.epoch})
+        sse = await connect_sse(
+            sse_port.getHost().port, f"/sse?event=a&event=b&since={channel.epoch}:1"
+        )
+        error = await ws.wait_type("error", timeout=3)
+        assert error["request"] == "subscribe" and "subscribe failed: Redis at" in error["reason"]
+        block = await sse.wait(lambda b: b.get("event") == "_error", timeout=3)
+        assert "Redis at" in json.loads(block["data"])["reason"]
+        await sse.finished  # the stream ends: the browser retries
+        assert sse.status == 200 and not ws.events()
+        assert channel.carrier_count == 0
+        assert log.failures() == [], "an outage is expected: a warning, no traceback"
+        warnings = [e for e in log.events if "subscribe" in e.get("log_format", "")]
+        assert len(warnings) == 2 and all(e["log_level"].name == "warn" for e in warnings)
+    finally:
+        if outage == "hung":
+            redis.signal("CONT")
+        if ws is not None and ws.transport is not None:
+            ws.transport.abortConnection()
+        await sse_port.stopListening()
+        await ws_port.stopListening()
+        await channel.disconnect()

@@ -127,24 +127,17 @@ async def test_one_stalled_client_among_hundreds_drop_oldest() -> None:
     server = await start_server(max_queue=MAX_QUEUE)
     try:
         clients = await readers(server, READERS)
-        await publish_all(server, clients, Watch(None), EVENTS // 4)  # warm-up
-        with_stalled, without = [], []
-        for _ in range(2):  # alternated, so that load from elsewhere hits both alike
-            stalled, protocol = await stall(server, READERS)
-            watch = Watch(protocol)
-            with_stalled.append(await publish_all(server, clients, watch))
-            check_bounded(watch)
-            assert watch.queued == MAX_QUEUE, "the stalled client did fill its queue"
-            assert protocol.carrier is not None and not protocol.carrier.closed
-            transport: Any = stalled.transport
-            transport.abortConnection()
-            await until(lambda: server.news.carrier_count == READERS)
-            without.append(await publish_all(server, clients, Watch(None)))
-        # The stalled client costs the others little: enqueueing (and dropping) one
-        # frame per event, against 200 writes. Measured ~1.0-1.1 on an idle 2-core
-        # machine; the bound is looser because the machine is shared with other tests.
-        ratio = min(with_stalled) / min(without)
-        assert ratio < 1.5, (with_stalled, without)
+        stalled, protocol = await stall(server, READERS)
+        watch = Watch(protocol)
+        await publish_all(server, clients, watch)  # every reader got every event, in order
+        check_bounded(watch)
+        assert watch.queued == MAX_QUEUE, "the stalled client did fill its queue"
+        assert protocol.carrier is not None and not protocol.carrier.closed
+        transport: Any = stalled.transport
+        transport.abortConnection()
+        await until(lambda: server.news.carrier_count == READERS)
+        # What the stalled client costs the others in time is a benchmark, not a test:
+        # bench/bench_websocket.py measures it against the same readers alone (<= 1.10x).
     finally:
         await stop_server(server)
 

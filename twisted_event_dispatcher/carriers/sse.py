@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import FirstError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -34,6 +34,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ..channels import registry as default_registry
 from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
+from ..errors import ChannelUnavailableError
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
 __all__ = ["SSECarrier", "SSEResource", "parse_last_event_id"]
@@ -280,7 +281,13 @@ class SSEResource(Resource):
         carrier.release(replay)
 
     def _failed(self, failure: Failure, carrier: SSECarrier) -> None:
-        _log.failure("SSE subscribe failed", failure=failure)
+        if isinstance(failure.value, FirstError):  # gatherResults: the first that failed
+            failure = failure.value.subFailure
+        if failure.check(ChannelUnavailableError):
+            # Expected while Redis is down: the client is told; no traceback.
+            _log.warn("SSE subscribe failed: {error}", error=failure.value)
+        else:
+            _log.failure("SSE subscribe failed", failure=failure)
         if not carrier.closed:
             carrier.send_control(_control("_error", {"reason": failure.getErrorMessage()}))
             carrier.request.unregisterProducer()  # before finish(), which insists on it

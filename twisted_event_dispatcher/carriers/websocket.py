@@ -51,7 +51,7 @@ from .._rate import RateLimiter
 from ..channels import registry as default_registry
 from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_name
 from ..channels.message import Message, encode_json
-from ..errors import InvalidDataError
+from ..errors import ChannelUnavailableError, InvalidDataError
 from ._requests import BadRequest, clip, parse_request, show
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
@@ -335,7 +335,11 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
 
     def _subscribe_failed(self, failure: Failure, key: tuple[str, str]) -> None:
         self._subscriptions.pop(key, None)
-        _log.failure("subscribe {key} failed", failure=failure, key=key)
+        if failure.check(ChannelUnavailableError):
+            # Expected while Redis is down: the client is told; no traceback.
+            _log.warn("subscribe {key} failed: {error}", key=key, error=failure.value)
+        else:
+            _log.failure("subscribe {key} failed", failure=failure, key=key)
         self._error(f"subscribe failed: {failure.getErrorMessage()}", "subscribe")
 
     def _unsubscribe(self, request: dict[str, Any]) -> None:

@@ -20,8 +20,10 @@ share a channel's events, in one order, with resume after reconnect.
   is not a well-formed message (written by another program) is skipped and logged.
 * **Failures**: ``publish`` while Redis is unreachable fails its Deferred with
   :class:`~twisted_event_dispatcher.errors.ChannelUnavailableError`; nothing is dropped
-  silently. txredisapi reconnects with exponential backoff and jitter. A channel that
-  was never connected connects on first use.
+  silently. So does a resume (``subscribe`` with ``since``), whose history reads never
+  wait for Redis to come back: at once while Redis is known to be down, else after
+  ``reply_timeout``. txredisapi reconnects with exponential backoff and jitter. A
+  channel that was never connected connects on first use.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class RedisStreamChannel(Channel):
     :param url: ``redis://[user:password@]host[:port][/db]``.
     :param history_size: the stream's approximate maximum length (``MAXLEN ~``).
     :param prefix: prepended to the Redis keys (``<prefix><name>`` is the stream).
-    :param reply_timeout: seconds a command may take before publish fails.
+    :param reply_timeout: seconds a command may take before a publish or a resume fails.
     :param connect_timeout: seconds :meth:`connect` waits for Redis.
     :param block: milliseconds one ``XREAD`` blocks before it checks the epoch.
     """
@@ -577,19 +579,20 @@ class RedisStreamChannel(Channel):
         a trimmed stream), the carrier gets a gap instead, then what was read after it.
         """
         upto, current = self._last_id, self.epoch
+        doing = f"resuming {event!r} of channel {self.name!r} after offset {since}"
         pending = _Pending(event)
         self._pending.append(pending)
         try:
             gap = None
             history: list[Message] = []
             if epoch is not None and epoch != current:
-                gap = Gap(since, "epoch", current, await self._oldest())
+                gap = Gap(since, "epoch", current, await self._oldest(doing))
             elif since > upto:
-                gap = Gap(since, "unknown", current, await self._oldest())
+                gap = Gap(since, "unknown", current, await self._oldest(doing))
             elif since < upto:
-                history, complete = await self._history(event, since, upto, current)
+                history, complete = await self._history(event, since, upto, current, doing)
                 if not complete:
-                    gap = Gap(since, "expired", current, await self._oldest())
+                    gap = Gap(since, "expired", current, await self._oldest(doing))
         finally:
             self._pending.remove(pending)
         if pending.lost is not None:
@@ -601,13 +604,15 @@ class RedisStreamChannel(Channel):
         return Subscription(self.name, event, self.epoch, self.last_id, tuple(replay), gap)
 
     async def _history(
-        self, event: str, since: int, upto: int, epoch: str
+        self, event: str, since: int, upto: int, epoch: str, doing: str
     ) -> tuple[list[Message], bool]:
         """
         The messages for ``event`` after ``since`` up to ``upto`` of ``epoch``, and whether
         the stream still holds all of them (not trimmed, not lost with the epoch).
         """
-        entries = await self._query("XRANGE", self._stream, f"{since + 1}-0", f"{upto}-0")
+        entries = await self._query(
+            doing, "XRANGE", self._stream, f"{since + 1}-0", f"{upto}-0"
+        )
         if not entries or (entry_offset(entries[0][0]) or 0) > since + 1:
             return [], False  # trimmed
         messages = []
@@ -626,16 +631,28 @@ class RedisStreamChannel(Channel):
         # since): the reader will notice and tell every carrier.
         return (messages, True) if complete else ([], False)
 
-    async def _oldest(self) -> int | None:
-        first = await self._query("XRANGE", self._stream, "-", "+", "COUNT", "1")
+    async def _oldest(self, doing: str) -> int | None:
+        first = await self._query(doing, "XRANGE", self._stream, "-", "+", "COUNT", "1")
         return entry_offset(first[0][0]) if first else None
 
-    def _query(self, *command: str) -> Deferred[Any]:
-        """A command on the publishing connection (reads for resuming clients)."""
+    async def _query(self, doing: str, *command: str) -> Any:
+        """
+        A command on the publishing connection (reads for resuming clients), for
+        ``doing``. Fails with ChannelUnavailableError at once while Redis is known to be
+        down (txredisapi would hold the command until Redis is back), else when Redis
+        does not answer within ``reply_timeout``: a resume never waits on an outage.
+        """
         writer = self._writer
         if writer is None:
-            return fail(
-                ChannelUnavailableError(f"channel {self.name!r} was disconnected from Redis")
+            raise ChannelUnavailableError(f"channel {self.name!r} was disconnected from Redis")
+        if not writer._factory.size:
+            raise ChannelUnavailableError(
+                f"Redis at {self.url} is unreachable (reconnecting); cannot finish {doing}"
             )
-        reply: Deferred[Any] = writer.execute_command(*command)
-        return reply
+        if self._reader_up and self._silent():
+            raise ChannelUnavailableError(
+                f"Redis at {self.url} has not answered for "
+                f"{self.clock.seconds() - self._heard_at:.0f} s (hung or overloaded?); "
+                f"cannot finish {doing}"
+            )
+        return await self._answer(writer.execute_command(*command), f"{command[0]} ({doing})")
