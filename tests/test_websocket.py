@@ -350,12 +350,15 @@ async def test_broadcast_encodes_each_message_once(server: Server) -> None:
 async def test_close_all_uses_going_away(server: Server) -> None:
     client = await server.client()
     await subscribe(client, "a")
+    (connection,) = server.factory.connections
     server.factory.close_all()
     # once the close frame is sent, nothing may follow it: the carrier left at once
     assert server.news.carrier_count == 0
     await server.news.publish("a", "after the close frame")
     _, code, _ = await client.closed
-    assert code == 1001
+    # What the server sent; the client sees it too, unless a loaded machine delays its
+    # answer past Autobahn's close handshake timeout and it sees the drop (1006) first.
+    assert connection.localCloseCode == 1001 and code in (1001, 1006)
     assert client.events() == []
 
 
