@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from twisted_event_dispatcher.channels import ChannelRegistry, MemoryChannel
@@ -16,6 +17,27 @@ def make_channels(history_size: int = 100) -> ChannelRegistry:
     channels.get("news", history_size=history_size)
     channels.get("sports")
     return channels
+
+
+class SlowResume(MemoryChannel):
+    """Resumes of event ``b`` complete when ``gate`` fires, as a Redis resume may."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate: Deferred[None] = Deferred()
+
+    def _subscribe(
+        self, event: str, carrier: Any, since: int | None, epoch: str | None
+    ) -> Deferred[Any]:
+        if event != "b":
+            return super()._subscribe(event, carrier, since, epoch)
+        later = Deferred.fromCoroutine(self._later())
+        return later.addCallback(
+            lambda _: super(SlowResume, self)._subscribe(event, carrier, since, epoch)
+        )
+
+    async def _later(self) -> None:
+        await self.gate
 
 
 class LocalServer:

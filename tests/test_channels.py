@@ -284,3 +284,15 @@ def test_a_carrier_closed_before_its_subscription_lands_is_not_kept() -> None:
     carrier.close()
     subscribe(channel, "e", carrier)
     assert channel.carrier_count == 0 and channel.subscribers("e") == []
+
+
+def test_subscribe_unsubscribe_loops_do_not_grow_the_carrier() -> None:
+    # Found in review: every re-subscribe registered one more close callback.
+    channel = MemoryChannel("news")
+    carrier = RecordingCarrier()
+    for _ in range(100):
+        subscribe(channel, "e", carrier)
+        channel.unsubscribe("e", carrier)
+    assert len(carrier._close_callbacks) == 1
+    carrier.close()
+    assert channel.carrier_count == 0

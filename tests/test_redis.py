@@ -453,6 +453,26 @@ async def test_health_is_degraded_while_redis_hangs(redis: RedisServer) -> None:
         await channel.disconnect()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_stepped_clock_costs_one_refused_publish_not_all(redis: RedisServer) -> None:
+    # Found in review: the deadline's clock offset was measured once, so a clock step
+    # made every later publish late (EXPIRED: 503s) until Redis reconnected.
+    channel = await channel_on(redis, "stepped")
+    carrier = RecordingCarrier()
+    await channel.subscribe("*", carrier)
+    try:
+        measured = channel._clock_offset
+        channel._clock_offset -= 3600  # as if Redis' clock had stepped back an hour
+        with pytest.raises(ChannelUnavailableError, match="EXPIRED"):
+            await channel.publish("e", "late")
+        await until(lambda: abs(channel._clock_offset - measured) < 60)  # measured again
+        await channel.publish("e", "on time")
+        await until(lambda: len(carrier.messages) == 1)
+        assert [m.data for m in carrier.messages] == ["on time"], "the late one was not stored"
+    finally:
+        await channel.disconnect()
+
+
 _names = st.sampled_from(["e", "d", "p", "x", ""])
 _values = st.one_of(
     st.text(max_size=30),

@@ -9,16 +9,15 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tests._clients import SSEClient, connect_sse
 from tests._redis import until
-from tests._servers import LocalServer, make_channels
+from tests._servers import LocalServer, SlowResume, make_channels
 from twisted_event_dispatcher.carriers.sse import SSEResource, parse_last_event_id
-from twisted_event_dispatcher.channels import ChannelRegistry, MemoryChannel
+from twisted_event_dispatcher.channels import ChannelRegistry
 
 
 class Server(LocalServer):
@@ -276,33 +275,12 @@ def test_parse_last_event_id() -> None:
             parse_last_event_id(bad)
 
 
-class _SlowResume(MemoryChannel):
-    """Resumes of event ``b`` complete when ``gate`` fires, as a Redis resume may."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.gate: Deferred[None] = Deferred()
-
-    def _subscribe(
-        self, event: str, carrier: Any, since: int | None, epoch: str | None
-    ) -> Deferred[Any]:
-        if event != "b":
-            return super()._subscribe(event, carrier, since, epoch)
-        later = Deferred.fromCoroutine(self._later())
-        return later.addCallback(lambda _: super(_SlowResume, self)._subscribe(
-            event, carrier, since, epoch
-        ))
-
-    async def _later(self) -> None:
-        await self.gate
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_multi_event_resume_stays_in_offset_order() -> None:
     # Found by an attacker on a Redis hub: live events of the first subscription to
     # complete went out before the _subscribed blocks and the replay of the others.
     server = await start_server()
-    slow = _SlowResume("slow")
+    slow = SlowResume("slow")
     server.channels._channels["slow"] = slow
     try:
         for n in range(4):

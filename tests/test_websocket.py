@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from tests._clients import WSClient, connect_ws
-from tests._servers import LocalServer, make_channels
+from tests._servers import LocalServer, SlowResume, make_channels
 from twisted_event_dispatcher.carriers.websocket import EventWebSocketFactory
 from twisted_event_dispatcher.channels import ChannelRegistry
 
@@ -409,3 +409,25 @@ async def test_a_resume_overlapping_another_subscription_is_refused(server: Serv
     await subscribe(other, "a")
     refused = await subscribe(other, "*", since=0)
     assert refused["type"] == "error" and "'a'" in refused["reason"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resume_in_progress_cannot_be_unsubscribed_nor_overlapped(
+    server: Server,
+) -> None:
+    # Found in review: an unsubscribe while a (Redis) resume was being read left a hidden
+    # subscription behind; a "*" subscribed meanwhile made the replay repeat its messages.
+    slow = SlowResume("slow")
+    server.channels._channels["slow"] = slow
+    client = await server.client()
+    client.send_json({"type": "subscribe", "event": "b", "channel": "slow", "since": 0})
+    for kind, event in (("unsubscribe", "b"), ("subscribe", "*")):
+        start = len(client.inbox.frames)
+        client.send_json({"type": kind, "event": event, "channel": "slow"})
+        refused = await client.wait_type("error", start=start)
+        assert refused["request"] == kind and "still resuming" in refused["reason"]
+    slow.gate.callback(None)
+    assert (await client.wait_type("subscribed"))["event"] == "b"
+    client.send_json({"type": "unsubscribe", "event": "b", "channel": "slow"})
+    await client.wait_type("unsubscribed")
+    assert slow.carrier_count == 0, "no hidden subscription is left behind"

@@ -18,8 +18,11 @@ class RateLimiter:
     Allows ``rate`` requests per second per key on average, in bursts of up to ``burst``.
 
     Keys are kept in least-recently-used order and at most ``max_keys`` of them: a flood
-    of new keys (addresses) forgets the quietest ones, whose buckets would be full again
-    by now anyway, instead of growing without bound.
+    of new keys forgets the least recent ones instead of growing without bound. A
+    forgotten key starts again with a full burst, so a client that can use more than
+    ``max_keys`` addresses (an IPv6 prefix) is not held to the rate: the bound is on
+    memory first. Per-address limits are a guard against a runaway or careless client,
+    not against a distributed flood.
 
     :param rate: requests per second a key earns; ``0`` disables the limit.
     :param burst: requests a key may make at once after being quiet (at least 1).

@@ -156,7 +156,7 @@ class RecordingCarrier:
     def on_close(self, callback: Any) -> None:
         if self.closed:
             callback(self)
-        else:
+        elif callback not in self._close_callbacks:
             self._close_callbacks.append(callback)
 
     def close(self) -> None:

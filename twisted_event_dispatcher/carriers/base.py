@@ -97,10 +97,14 @@ class QueueingCarrier(ABC):
         self.send_control(self._gap_frame(channel, event, gap))
 
     def on_close(self, callback: Callable[[Any], object]) -> None:
-        """Call ``callback(self)`` once when the client is gone."""
+        """
+        Call ``callback(self)`` once when the client is gone. A callback registered
+        again (a channel the client left and subscribed to again) is kept once, so a
+        subscribe/unsubscribe loop cannot grow the list.
+        """
         if self.closed:
             callback(self)
-        else:
+        elif callback not in self._close_callbacks:
             self._close_callbacks.append(callback)
 
     @property

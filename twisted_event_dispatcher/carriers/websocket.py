@@ -196,6 +196,9 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         if self.factory.authorize is not None:
             self.factory.authorize(request)
         self._subscriptions: dict[tuple[str, str], Channel] = {}
+        # Subscriptions whose answer is not in yet (a resume reading Redis): the client
+        # may not unsubscribe them, nor add an overlapping one, until it is.
+        self._resuming: set[tuple[str, str]] = set()
 
     def onOpen(self) -> None:
         self.carrier = WebSocketCarrier(self, self.factory.max_queue, self.factory.overflow)
@@ -285,6 +288,17 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
                 f"already subscribed to {show(event)} on channel {show(channel.name)}; "
                 "unsubscribe first to subscribe again"
             )
+        busy = next(
+            (e for c, e in self._resuming if c == channel.name
+             and (e == WILDCARD or event == WILDCARD)),
+            None,
+        )
+        if busy is not None:
+            # Its replay would repeat what this one delivers live meanwhile.
+            raise BadRequest(
+                f"the subscription to {show(busy)} on channel {show(channel.name)} is still "
+                "resuming; subscribe once it is subscribed"
+            )
         if since is not None:
             # A replay overlapping another subscription of this connection on the channel
             # ("*" and a named event) would deliver that one's messages a second time.
@@ -311,9 +325,13 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         except Exception:
             self._subscriptions.pop(key, None)  # refused at once: it holds no slot
             raise
-        d.addCallbacks(self._subscribed, self._subscribe_failed, errbackArgs=(key,))
+        self._resuming.add(key)  # until the answer: at once, unless Redis is read
+        d.addCallbacks(
+            self._subscribed, self._subscribe_failed, callbackArgs=(key,), errbackArgs=(key,)
+        )
 
-    def _subscribed(self, subscription: Subscription) -> None:
+    def _subscribed(self, subscription: Subscription, key: tuple[str, str]) -> None:
+        self._resuming.discard(key)
         carrier = self.carrier
         assert carrier is not None
         carrier.send_control(
@@ -334,6 +352,7 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
             carrier.deliver(message)
 
     def _subscribe_failed(self, failure: Failure, key: tuple[str, str]) -> None:
+        self._resuming.discard(key)
         self._subscriptions.pop(key, None)
         if failure.check(ChannelUnavailableError):
             # Expected while Redis is down: the client is told; no traceback.
@@ -344,6 +363,11 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
 
     def _unsubscribe(self, request: dict[str, Any]) -> None:
         channel, event = self._target(request)
+        if (channel.name, event) in self._resuming:
+            raise BadRequest(
+                f"the subscription to {show(event)} on channel {show(channel.name)} is still "
+                "resuming; unsubscribe once it is subscribed"
+            )
         if self._subscriptions.pop((channel.name, event), None) is None:
             raise BadRequest(
                 f"not subscribed to {show(event)} on channel {show(channel.name)}"

@@ -33,6 +33,7 @@ import time
 import uuid
 from typing import Any
 
+import txredisapi
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -227,9 +228,12 @@ class RedisStreamChannel(Channel):
 
     async def _measure_clock(self, connection: Any) -> None:
         """How far Redis' clock is ahead of ours (for publish deadlines), to a round trip."""
-        before = time.time()
+        # Against the monotonic clock: a step of this machine's wall clock (NTP, a resumed
+        # VM) must not make every publish late, or none. Redis' clock may step too: this is
+        # measured again whenever the reader is idle, and after a publish came too late.
+        before = time.monotonic()
         seconds, micros = await connection.execute_command("TIME")
-        self._clock_offset = int(seconds) + int(micros) / 1e6 - (before + time.time()) / 2
+        self._clock_offset = int(seconds) + int(micros) / 1e6 - (before + time.monotonic()) / 2
 
     async def _answer(self, reply: Deferred[Any], doing: str) -> Any:
         """``reply``'s result, or a clear error after ``reply_timeout`` seconds."""
@@ -239,6 +243,10 @@ class RedisStreamChannel(Channel):
         except (TimeoutError, CancelledError):
             raise ChannelUnavailableError(
                 f"Redis at {self.url} did not answer {doing} within {self.reply_timeout:g} s"
+            ) from None
+        except (ConnectionError, txredisapi.ConnectionError) as e:  # lost while waiting
+            raise ChannelUnavailableError(
+                f"Redis at {self.url} went away during {doing}: {e}"
             ) from None
 
     def disconnect(self, timeout: float = 2.0) -> Deferred[Any]:
@@ -404,6 +412,7 @@ class RedisStreamChannel(Channel):
                 delay = self.RECONNECT_INITIAL
                 if reply is None:
                     await self._sync(reader)  # idle: was the stream lost meanwhile?
+                    await self._measure_clock(reader)
                 else:
                     for _, entries in reply:
                         await self._read(reader, entries)
@@ -511,7 +520,7 @@ class RedisStreamChannel(Channel):
         writer = self._writer
         # Redis stores nothing that arrives after half the reply timeout (by its clock):
         # what this process answers as failed after the whole timeout is never stored.
-        deadline = (time.time() + self._clock_offset + self.reply_timeout / 2) * 1000
+        deadline = (time.monotonic() + self._clock_offset + self.reply_timeout / 2) * 1000
         arguments: list[str] = [
             "3", *self._keys, str(self.history_size), uuid.uuid4().hex[:16], str(int(deadline))
         ]
@@ -541,6 +550,10 @@ class RedisStreamChannel(Channel):
                 reason = f"no answer within {self.reply_timeout:g} s"
             else:
                 reason = failure.getErrorMessage() or failure.type.__name__
+                if "EXPIRED" in reason and writer is not None:
+                    # Late by Redis' clock: Redis hung, or a clock stepped. Measure again.
+                    remeasure = Deferred.fromCoroutine(self._measure_clock(writer))
+                    remeasure.addErrback(lambda _: None)
             for key, _, _, d in batch:
                 d.errback(
                     ChannelUnavailableError(
