@@ -224,7 +224,10 @@ class RedisStreamChannel(Channel):
             raise
         self._writer, self._reader, self._script_sha = writer, reader, sha
         self._ready = self._reader_up = True
-        Deferred.fromCoroutine(self._read_loop(reader))
+        reading = Deferred.fromCoroutine(self._read_loop(reader))
+        # The loop survives Redis' failures; anything else is a bug of ours: say so once,
+        # and health shows the reader down (never an "Unhandled error in Deferred").
+        reading.addErrback(self._reader_failed)
 
     async def _measure_clock(self, connection: Any) -> None:
         """How far Redis' clock is ahead of ours (for publish deadlines), to a round trip."""
@@ -234,6 +237,11 @@ class RedisStreamChannel(Channel):
         before = time.monotonic()
         seconds, micros = await connection.execute_command("TIME")
         self._clock_offset = int(seconds) + int(micros) / 1e6 - (before + time.monotonic()) / 2
+
+    def _reader_failed(self, failure: Failure) -> None:
+        self._reader_up = False
+        self.last_error = failure.getErrorMessage() or failure.type.__name__  # type: ignore[union-attr]
+        _log.failure("channel {name}: the reader stopped", failure=failure, name=self.name)
 
     async def _answer(self, reply: Deferred[Any], doing: str) -> Any:
         """``reply``'s result, or a clear error after ``reply_timeout`` seconds."""
