@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import crochet
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, settings
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from tests._log import LogCapture
+from tests._redis import RedisServer
 from twisted_event_dispatcher import EventDispatcher
 
 # The reactor is run by pytest-twisted, not by crochet: crochet must not start its own.
@@ -31,6 +33,24 @@ settings.register_profile(
 settings.load_profile("ci")
 
 KEYWORDS = ("event_type", "user", "role")
+
+
+@pytest_twisted.async_yield_fixture
+async def redis() -> AsyncIterator[RedisServer]:
+    """A private redis-server with an append-only file (a restart keeps the streams)."""
+    server = RedisServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest_twisted.async_yield_fixture
+async def volatile() -> AsyncIterator[RedisServer]:
+    """A Redis without persistence: a restart loses every stream."""
+    server = RedisServer(persistent=False)
+    await server.start()
+    yield server
+    await server.stop()
 
 
 @pytest.fixture

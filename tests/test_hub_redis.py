@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -22,14 +21,6 @@ from tests._redis import RedisServer
 from twisted_event_dispatcher.channels.message import Message
 from twisted_event_dispatcher.errors import ChannelUnavailableError, InvalidDataError
 from twisted_event_dispatcher.hub._publish import NotPublished, Publisher
-
-
-@pytest_twisted.async_yield_fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def post(hub: HubProcess, event: str, data: Any) -> dict[str, Any]:

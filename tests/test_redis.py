@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,14 +24,6 @@ from twisted_event_dispatcher.channels.message import encode_json
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel, parse_redis_url
 from twisted_event_dispatcher.errors import ChannelUnavailableError
 from twisted_event_dispatcher.testing import RecordingCarrier
-
-
-@pytest_twisted.async_yield_fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest_twisted.ensureDeferred

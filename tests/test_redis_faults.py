@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,15 +34,6 @@ from twisted_event_dispatcher.channels.base import Gap
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 from twisted_event_dispatcher.errors import ChannelUnavailableError
 from twisted_event_dispatcher.testing import RecordingCarrier
-
-
-@pytest_twisted.async_yield_fixture
-async def volatile() -> AsyncIterator[RedisServer]:
-    """A Redis without persistence: a restart loses every stream."""
-    server = RedisServer(persistent=False)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def publish_when_back(channel: RedisStreamChannel, data: Any) -> Any:
@@ -324,14 +314,6 @@ async def test_redis_killed_under_load_loses_nothing_unsaid(persistent: bool) ->
 
 
 # -- a resume while Redis is down or hangs -------------------------------------------------
-
-
-@pytest_twisted.async_yield_fixture
-async def redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def resume_fails(

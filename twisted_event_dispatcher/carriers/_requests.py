@@ -11,7 +11,7 @@ import math
 import reprlib
 from typing import Any
 
-from ..channels.message import MAX_DEPTH, json_depth
+from ..channels.message import MAX_DEPTH, nested_deeper_than
 
 __all__ = ["BadRequest", "clip", "parse_request", "show"]
 
@@ -51,7 +51,7 @@ def parse_request(payload: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise BadRequest("a text frame must be valid UTF-8") from None
     # Refused before parsing: the parser recurses once per level.
-    if text.count("[") + text.count("{") > MAX_DEPTH and json_depth(text) > MAX_DEPTH:
+    if nested_deeper_than(text, MAX_DEPTH):
         raise BadRequest(f"a request must not nest deeper than {MAX_DEPTH} levels")
     try:
         request = _decoder.decode(text)

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from ..errors import InvalidDataError
 from .base import check_event_name
-from .message import MAX_DEPTH, Message, encode_json, json_depth
+from .message import MAX_DEPTH, Message, encode_json, nested_deeper_than
 
 __all__ = ["PUBLISH_SCRIPT", "entry_offset", "parse_entry"]
 
@@ -132,9 +132,7 @@ def _parse(entry_id: object, fields: object, channel: str) -> Message | str:
         _remember(_EPOCHS, epoch)
     # What encode_json would have refused: deep nesting, NaN and infinities, lone
     # surrogates; and line breaks, which compact JSON never has (SSE lines).
-    if data_json.count("[") + data_json.count("{") > MAX_DEPTH and (
-        json_depth(data_json) > MAX_DEPTH
-    ):
+    if nested_deeper_than(data_json, MAX_DEPTH):
         return f"its data is nested deeper than {MAX_DEPTH} levels"
     if "\n" in data_json or "\r" in data_json:
         return "its data has a line break"

@@ -15,7 +15,7 @@ from typing import Any, Final, TypeVar
 
 from ..errors import InvalidDataError
 
-__all__ = ["MAX_DEPTH", "Message", "encode_json", "json_depth"]
+__all__ = ["MAX_DEPTH", "Message", "encode_json", "json_depth", "nested_deeper_than"]
 
 _T = TypeVar("_T")
 
@@ -45,6 +45,14 @@ def json_depth(text: str) -> int:
     return deepest
 
 
+def nested_deeper_than(text: str, limit: int) -> bool:
+    """
+    Whether ``text`` nests arrays and objects deeper than ``limit``: counted only when it
+    holds more brackets than that (C-speed counts), which small documents never do.
+    """
+    return text.count("[") + text.count("{") > limit and json_depth(text) > limit
+
+
 def encode_json(value: object, max_depth: int = MAX_DEPTH) -> str:
     """
     Compact JSON that is valid UTF-8 when encoded, or :class:`InvalidDataError` saying
@@ -69,8 +77,7 @@ def encode_json(value: object, max_depth: int = MAX_DEPTH) -> str:
                 f"data must be valid Unicode: a lone surrogate {text[e.start]!r} at "
                 f"character {e.start} of its JSON has no UTF-8 form"
             ) from None
-    # Only a document with more brackets than the limit can nest deeper than it.
-    if text.count("[") + text.count("{") > max_depth and json_depth(text) > max_depth:
+    if nested_deeper_than(text, max_depth):
         raise InvalidDataError(f"data is nested deeper than {max_depth} levels")
     return text
 

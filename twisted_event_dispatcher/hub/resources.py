@@ -16,7 +16,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.static import File
 
 from ..channels.base import check_event_name
-from ..channels.message import MAX_DEPTH, encode_json, json_depth
+from ..channels.message import MAX_DEPTH, encode_json, nested_deeper_than
 from ..errors import InvalidDataError
 from ..results import FireResult
 from ._limits import _response
@@ -216,7 +216,7 @@ class EventsResource(Resource):
         except UnicodeDecodeError as e:
             raise ValueError(f"the body is not UTF-8 (invalid byte at {e.start})") from None
         # Refused before parsing: json.loads would recurse once per level.
-        if json_depth(text) > MAX_DEPTH + 1:
+        if nested_deeper_than(text, MAX_DEPTH + 1):
             raise ValueError(f"the body is nested deeper than {MAX_DEPTH} levels in 'data'")
         try:
             payload = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
