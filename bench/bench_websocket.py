@@ -74,7 +74,7 @@ class Server:
         self.seq = 0
         if mode == "ours":
             channels = ChannelRegistry()
-            self.channel = channels.get("bench", history_size=100)
+            self.channel = channels.get_or_create("bench", history_size=100)
             self.dispatcher = EventDispatcher()
             self.dispatcher.start()
             bridge(self.dispatcher, self.channel, key="tick", serialize=lambda e: e)

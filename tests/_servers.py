@@ -14,8 +14,8 @@ from twisted_event_dispatcher.channels import ChannelRegistry, MemoryChannel
 def make_channels(history_size: int = 100) -> ChannelRegistry:
     """A registry with the channels the tests use: ``news`` and ``sports``."""
     channels = ChannelRegistry()
-    channels.get("news", history_size=history_size)
-    channels.get("sports")
+    channels.get_or_create("news", history_size=history_size)
+    channels.get_or_create("sports")
     return channels
 
 

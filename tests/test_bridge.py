@@ -105,7 +105,7 @@ def test_bad_arguments() -> None:
 @pytest_twisted.ensureDeferred
 async def test_fired_event_reaches_a_websocket_client() -> None:
     channels = ChannelRegistry()
-    channel = channels.get("orders")
+    channel = channels.get_or_create("orders")
     dispatcher = EventDispatcher(("kind",))
     dispatcher.start()
     await bridge(dispatcher, channel, key=lambda e: e["kind"], serialize=lambda e: e)

@@ -15,6 +15,7 @@ from twisted_event_dispatcher.channels import (
 )
 from twisted_event_dispatcher.errors import (
     ChannelClassError,
+    ChannelExistsError,
     InvalidDataError,
     UnknownChannelError,
 )
@@ -35,9 +36,9 @@ def test_interfaces() -> None:
 
 def test_registry_gives_one_channel_per_name_and_never_resets_it() -> None:
     channels = ChannelRegistry()
-    news = channels.get("news", history_size=5)
+    news = channels.get_or_create("news", history_size=5)
     success_result_of(news.publish("headline", "one"))
-    again = channels.get("news", history_size=500)
+    again = channels.get_or_create("news", history_size=500)
     assert again is news and news.history_size == 5 and news.last_id == 1
     assert channels["news"] is news and "news" in channels and list(channels) == ["news"]
 
@@ -45,10 +46,49 @@ def test_registry_gives_one_channel_per_name_and_never_resets_it() -> None:
         pass
 
     with pytest.raises(ChannelClassError, match="'news' already exists as a MemoryChannel"):
-        channels.get("news", OtherChannel)
+        channels.get_or_create("news", OtherChannel)
     with pytest.raises(UnknownChannelError, match="'sports'") as info:
         channels["sports"]
     assert isinstance(info.value, KeyError)
+
+
+def test_registry_as_a_container_register_get_rm_and_ids() -> None:
+    channels = ChannelRegistry()
+    news = channels.get_or_create("news")
+    sports, weather = MemoryChannel("sports"), MemoryChannel("weather")
+    assert channels.register(sports) is sports
+    assert channels.get("sports") is sports and channels.get("news") is news
+    assert channels.get_all_ids() == ["news", "sports"]
+
+    # A name taken (by get_or_create, by register, or by the same object) is refused.
+    for taken in (MemoryChannel("news"), MemoryChannel("sports"), sports):
+        with pytest.raises(ChannelExistsError, match=f"{taken.name!r} is already registered"):
+            channels.register(taken)
+    with pytest.raises(TypeError, match="only a Channel can be registered, got str"):
+        channels.register("news")  # type: ignore[arg-type]
+
+    # register_iterable is all or none: a duplicate anywhere adds nothing.
+    with pytest.raises(ChannelExistsError, match="'weather'"):
+        channels.register_iterable([weather, MemoryChannel("weather")])
+    with pytest.raises(ChannelExistsError, match="'news'"):
+        channels.register_iterable(iter([weather, MemoryChannel("news")]))
+    with pytest.raises(TypeError):
+        channels.register_iterable([weather, None])  # type: ignore[list-item]
+    assert channels.get_all_ids() == ["news", "sports"]
+    assert channels.register_iterable(iter([weather])) == [weather]
+    assert channels.get_all_ids() == ["news", "sports", "weather"]
+
+    assert channels.rm("sports") is sports
+    assert channels.get_all_ids() == ["news", "weather"] and "sports" not in channels
+    for unknown in ("sports", "", ["not", "hashable"]):
+        with pytest.raises(UnknownChannelError) as info:
+            channels.get(unknown)  # type: ignore[arg-type]
+        assert isinstance(info.value, KeyError)
+        with pytest.raises(UnknownChannelError, match="no channel named"):
+            channels.rm(unknown)  # type: ignore[arg-type]
+        assert unknown not in channels
+    # get never creates: the registry is unchanged by the failed lookups.
+    assert channels.get_all_ids() == ["news", "weather"]
 
 
 def test_publish_delivers_in_order_with_increasing_offsets() -> None:

@@ -396,7 +396,7 @@ async def test_clients_resuming_while_redis_is_away_are_told_without_a_traceback
     redis: RedisServer, log: LogCapture, outage: str
 ) -> None:
     channels = ChannelRegistry()
-    channel = channels.get("news", RedisStreamChannel, url=redis.url, reply_timeout=0.5)
+    channel = channels.get_or_create("news", RedisStreamChannel, url=redis.url, reply_timeout=0.5)
     await channel.connect()
     root = Resource()
     root.putChild(b"sse", SSEResource(channels=channels, default_channel="news"))

@@ -153,3 +153,89 @@ class InvalidDataError(EventDispatcherError, TypeError, ValueError):
     Raised before anything is stored or queued. A ``TypeError`` (what ``publish`` always
     raised for unencodable data) and a ``ValueError`` (what the value is).
     """
+
+
+class ChannelExistsError(EventDispatcherError, ValueError):
+    """A channel is registered under a name that is already taken."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a channel named {name!r} is already registered")
+
+
+class UnknownListenerError(EventDispatcherError, KeyError):
+    """No listener with that id is registered on the channel."""
+
+    def __init__(self, channel: str, listener_id: object) -> None:
+        self.channel = channel
+        self.listener_id = listener_id
+        super().__init__(listener_id)
+
+    def __str__(self) -> str:
+        return f"no listener {self.listener_id!r} on channel {self.channel!r}"
+
+
+class UnknownGroupError(EventDispatcherError, KeyError):
+    """A group has no member on the channel (never had one, or all were removed)."""
+
+    def __init__(self, channel: str, group: object) -> None:
+        self.channel = channel
+        self.group = group
+        super().__init__(group)
+
+    def __str__(self) -> str:
+        return f"no listener of group {self.group!r} on channel {self.channel!r}"
+
+
+class ListenerExistsError(EventDispatcherError, ValueError):
+    """A listener id is already registered on the channel."""
+
+    def __init__(self, channel: str, listener_id: str) -> None:
+        self.channel = channel
+        self.listener_id = listener_id
+        super().__init__(f"listener {listener_id!r} is already registered on channel {channel!r}")
+
+
+class MailboxFullError(EventDispatcherError):
+    """
+    A mailbox (a listener's, or a group's queue) holds as many messages as its bound:
+    the message was not stored. Raised instead of dropping anything.
+    """
+
+    def __init__(self, channel: str, target: str, limit: int, group: bool = False) -> None:
+        self.channel = channel
+        self.target = target
+        self.limit = limit
+        self.group = group
+        what = f"the queue of group {target!r}" if group else f"the mailbox of listener {target!r}"
+        super().__init__(
+            f"{what} on channel {channel!r} is full ({limit} messages not yet acknowledged); "
+            "the message was not stored"
+        )
+
+
+class ReservedTypeError(EventDispatcherError, ValueError):
+    """A reserved message type (``start``, ``stop``, ...) was used where it has no meaning."""
+
+
+class RequestTimeoutError(EventDispatcherError, TimeoutError):
+    """A request got no reply within its timeout (the action may still run, or have run)."""
+
+    def __init__(self, target: str, event: str, timeout: float) -> None:
+        self.target = target
+        self.event = event
+        self.timeout = timeout
+        super().__init__(f"no reply from {target!r} to {event!r} within {timeout:g} s")
+
+
+class RemoteActionError(EventDispatcherError):
+    """
+    A request's action failed (maybe in another process): ``remote_type`` is the name of
+    the exception it raised, ``remote_message`` its message. Also raised when the
+    listener has no action for the request's type (``remote_type`` ``"NoActionError"``).
+    """
+
+    def __init__(self, remote_type: str, remote_message: str) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        super().__init__(f"{remote_type}: {remote_message}" if remote_message else remote_type)

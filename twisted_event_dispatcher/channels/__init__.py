@@ -13,7 +13,7 @@ from .message import Message, encode_json
 #: The process-wide channel registry.
 registry = ChannelRegistry()
 #: ``get_channel(name, channel_class=MemoryChannel, **options)`` on :data:`registry`.
-get_channel = registry.get
+get_channel = registry.get_or_create
 
 __all__ = [
     "WILDCARD",

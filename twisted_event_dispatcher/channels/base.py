@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..errors import ChannelClassError, InvalidDataError, UnknownChannelError
+from ..errors import (
+    ChannelClassError,
+    ChannelExistsError,
+    InvalidDataError,
+    UnknownChannelError,
+)
 from ..interfaces import ICarrier, IChannel
 from .message import Message, encode_json
 
@@ -259,14 +264,21 @@ class Channel(ABC):
 
 class ChannelRegistry:
     """
-    Channels by name: one per name in a process, so any component can get a channel by
-    name and publish without having it injected. Getting a channel again never resets it.
+    Channels by name (eric-sse's ``ChannelContainer``): one per name in a process, so any
+    component can get a channel by name and publish without having it injected.
+
+    :meth:`get_or_create` (``get_channel``) creates a channel on first use and never resets
+    it; :meth:`register` and :meth:`register_iterable` add channels built elsewhere;
+    :meth:`get` and :meth:`rm` refuse unknown names with
+    :class:`~twisted_event_dispatcher.errors.UnknownChannelError`.
     """
 
     def __init__(self) -> None:
         self._channels: dict[str, Channel] = {}
 
-    def get(self, name: str, channel_class: type[Channel] | None = None, **options: Any) -> Any:
+    def get_or_create(
+        self, name: str, channel_class: type[Channel] | None = None, **options: Any
+    ) -> Any:
         """
         The channel called ``name``, created with ``channel_class(name, **options)`` on
         first use (a :class:`~.memory.MemoryChannel` by default); later calls return it
@@ -287,6 +299,64 @@ class ChannelRegistry:
         self._channels[name] = channel
         return channel
 
+    def register(self, channel: Channel) -> Channel:
+        """
+        Add a channel built elsewhere, under its own name; returns it.
+
+        :raises TypeError: ``channel`` is not a :class:`Channel`.
+        :raises ChannelExistsError: a channel of that name is registered already (even
+            the same one: registering twice is a mistake worth hearing about).
+        """
+        if not isinstance(channel, Channel):
+            raise TypeError(f"only a Channel can be registered, got {type(channel).__name__}")
+        if channel.name in self._channels:
+            raise ChannelExistsError(channel.name)
+        self._channels[channel.name] = channel
+        return channel
+
+    def register_iterable(self, channels: Iterable[Channel]) -> list[Channel]:
+        """
+        Register several channels, all or none: every one is checked (type, names taken
+        here or twice in ``channels``) before any is added.
+        """
+        channels = list(channels)
+        seen: set[str] = set()
+        for channel in channels:
+            if not isinstance(channel, Channel):
+                raise TypeError(
+                    f"only a Channel can be registered, got {type(channel).__name__}"
+                )
+            if channel.name in self._channels or channel.name in seen:
+                raise ChannelExistsError(channel.name)
+            seen.add(channel.name)
+        for channel in channels:
+            self._channels[channel.name] = channel
+        return channels
+
+    def get(self, name: str) -> Any:
+        """
+        The channel called ``name``.
+
+        :raises UnknownChannelError: no channel of that name is registered (a ``KeyError``).
+        """
+        return self[name]
+
+    def rm(self, name: str) -> Channel:
+        """
+        Remove the channel called ``name`` from the registry and return it (it is not
+        closed: disconnect a Redis channel yourself).
+
+        :raises UnknownChannelError: no channel of that name is registered.
+        """
+        try:
+            return self._channels.pop(name)
+        except (KeyError, TypeError):
+            raise UnknownChannelError(name) from None
+
+    def get_all_ids(self) -> list[str]:
+        """The names of every registered channel, in the order they were added."""
+        return list(self._channels)
+
     def __getitem__(self, name: str) -> Channel:
         try:
             return self._channels[name]
@@ -294,7 +364,10 @@ class ChannelRegistry:
             raise UnknownChannelError(name) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._channels
+        try:
+            return name in self._channels
+        except TypeError:  # an unhashable "name"
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self._channels))
@@ -303,5 +376,5 @@ class ChannelRegistry:
         return len(self._channels)
 
     def discard(self, name: str) -> None:
-        """Forget a channel (tests, or a channel an application no longer needs)."""
+        """Forget a channel if it is registered (tests, or a channel no longer needed)."""
         self._channels.pop(name, None)

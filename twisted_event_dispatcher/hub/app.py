@@ -102,12 +102,14 @@ class Hub:
         self.channel: Any
         if redis_url is None:
             self.backend = "memory"
-            self.channel = self.channels.get(channel_name, MemoryChannel, history_size=history)
+            self.channel = self.channels.get_or_create(
+                channel_name, MemoryChannel, history_size=history
+            )
         else:
             from ..channels.redis import RedisStreamChannel
 
             self.backend = "redis"
-            self.channel = self.channels.get(
+            self.channel = self.channels.get_or_create(
                 channel_name, RedisStreamChannel, history_size=history, url=redis_url
             )
         self.dispatcher = EventDispatcher(keywords, clock=clock)
