@@ -68,7 +68,7 @@ class BrokenRegistry(ChannelRegistry):
 async def test_a_failure_of_ours_is_logged_once_and_closes_with_1011(log: LogCapture) -> None:
     server = await start_server()
     broken = BrokenRegistry()
-    broken.get("news")
+    broken.get_or_create("news")
     server.factory.channels = broken
     try:
         client = await connect_raw_ws(server.port)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections import deque
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from ..interfaces import ICarrier
 from .base import WILDCARD, Channel, Gap, Subscription
 from .message import Message
+
+if TYPE_CHECKING:
+    from ..listeners._backend import Mailboxes
 
 __all__ = ["MemoryChannel"]
 
@@ -19,11 +23,14 @@ class MemoryChannel(Channel):
     """
     Messages live in a bounded in-memory history; offsets are 1, 2, 3, ... within an
     epoch, and the epoch is new for every channel object (so a restarted process tells
-    resuming clients that their gap cannot be filled).
+    resuming clients that their gap cannot be filled). Its listeners' mailboxes are
+    in this process too (:class:`~twisted_event_dispatcher.listeners.MemoryMailboxes`).
     """
 
-    def __init__(self, name: str, history_size: int = 1000) -> None:
-        super().__init__(name, history_size)
+    def __init__(
+        self, name: str, history_size: int = 1000, *, clock: IReactorTime | None = None
+    ) -> None:
+        super().__init__(name, history_size, clock=clock)
         self._history: deque[Message] = deque(maxlen=history_size)
         self._next_id = 1
 
@@ -31,6 +38,11 @@ class MemoryChannel(Channel):
     def last_id(self) -> int | None:
         """The latest offset, or None before the first message."""
         return self._next_id - 1 or None
+
+    def _make_mailboxes(self) -> Mailboxes:
+        from ..listeners.memory import MemoryMailboxes
+
+        return MemoryMailboxes(self)
 
     def _publish(self, key: str, data: Any, data_json: str) -> Deferred[Message]:
         message = Message(self._next_id, self.epoch, self.name, key, data, data_json)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import txredisapi
 from twisted.internet.defer import (
@@ -53,6 +53,9 @@ from ._redis_connect import RedisURL, open_connection, parse_redis_url, wait_con
 from ._redis_stream import PUBLISH_SCRIPT, entry_offset, parse_entry
 from .base import WILDCARD, Channel, Gap, Subscription
 from .message import Message
+
+if TYPE_CHECKING:
+    from ..listeners._backend import Mailboxes
 
 __all__ = ["RedisStreamChannel", "RedisURL", "parse_redis_url"]
 
@@ -258,10 +261,17 @@ class RedisStreamChannel(Channel):
             ) from None
 
     def disconnect(self, timeout: float = 2.0) -> Deferred[Any]:
-        """Stop reading and close both connections (giving up after ``timeout``)."""
+        """
+        Stop reading and close both connections (giving up after ``timeout``). The
+        consumers of its listeners in this process end first (``"closed"``; their
+        unacknowledged mail is redelivered).
+        """
+        # Sent before the publishing connection closes (which flushes what was sent).
+        mailboxes = [self._mailboxes.close()] if self._mailboxes is not None else []
         self._closed = True
         self._ready = self._reader_up = False
         closing = [c.disconnect() for c in (self._reader, self._writer) if c is not None]
+        closing += mailboxes
         self._reader = self._writer = None
         done = DeferredList(closing, consumeErrors=True)
         done.addTimeout(timeout, self.clock)
@@ -493,6 +503,12 @@ class RedisStreamChannel(Channel):
         self._fan_out(message)
 
     # -- Channel -------------------------------------------------------------------------
+
+    def _make_mailboxes(self) -> Mailboxes:
+        """Listeners kept in this channel's Redis, shared by every process of the channel."""
+        from ..listeners._redis_mailboxes import RedisMailboxes
+
+        return RedisMailboxes(self)
 
     def _publish(self, key: str, data: Any, data_json: str) -> Deferred[Message]:
         if not self._ready:
