@@ -19,7 +19,8 @@ from zope.interface.verify import verifyObject
 from tests._listeners import ChannelFactory, Inbox, ListenerContract, unique
 from tests._log import LogCapture
 from twisted_event_dispatcher.channels import MemoryChannel, get_channel, registry
-from twisted_event_dispatcher.channels.base import _CONTROL_TYPES, Channel
+from twisted_event_dispatcher.channels._listening import _CONTROL_TYPES
+from twisted_event_dispatcher.channels.base import Channel
 from twisted_event_dispatcher.errors import (
     MailboxFullError,
     RemoteActionError,

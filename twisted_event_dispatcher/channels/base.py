@@ -10,12 +10,10 @@ fan-out to carriers.
 
 from __future__ import annotations
 
-import math
 import uuid
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -26,61 +24,35 @@ from ..errors import (
     ChannelClassError,
     ChannelExistsError,
     InvalidDataError,
-    ReservedTypeError,
     UnknownChannelError,
 )
 from ..interfaces import ICarrier, IChannel
+from ._listening import ListenerMethods
+from ._names import (
+    MAX_NAME_LENGTH,
+    WILDCARD,
+    check_count,
+    check_event_name,
+    check_seconds,
+)
 from .message import Message, encode_json
 
-if TYPE_CHECKING:
-    from ..listeners._backend import Mailboxes
-    from ..listeners._requests import PendingRequests
-    from ..listeners.listener import Listener
-
 __all__ = [
+    "MAX_NAME_LENGTH",
     "WILDCARD",
     "Channel",
     "ChannelRegistry",
     "Gap",
     "Subscription",
+    "check_count",
     "check_event_name",
+    "check_seconds",
 ]
 
-#: Subscribe to this event name to receive every event of a channel.
-WILDCARD = "*"
-#: Longest event or channel name accepted.
-MAX_NAME_LENGTH = 200
 #: Largest encoded data a channel accepts by default, in UTF-8 bytes (1 MiB).
 MAX_DATA_SIZE = 1024 * 1024
 
-#: The message types ``start`` and ``stop`` (``listeners.mail.CONTROL_TYPES``; repeated
-#: here because the listeners package imports this module).
-_CONTROL_TYPES = frozenset({"start", "stop"})
-
 _log = Logger(namespace="twisted_event_dispatcher.channels")
-
-
-def check_event_name(name: object, what: str = "event name", wildcard: bool = False) -> str:
-    """
-    Validate an event (or channel) name: a non-empty str of at most 200 characters, with
-    no control characters (names travel in SSE ``event:`` lines and JSON), not starting
-    with ``_`` (reserved for control messages) and, unless ``wildcard``, not ``"*"``.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
-    if not name:
-        raise ValueError(f"{what} must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
-    if not name.isprintable():
-        if any("\ud800" <= c <= "\udfff" for c in name):
-            raise ValueError(f"{what} {name!r} contains a lone surrogate (not valid Unicode)")
-        raise ValueError(f"{what} {name!r} contains control characters")
-    if name.startswith("_"):
-        raise ValueError(f"{what} {name!r} starts with '_', which is reserved")
-    if name == WILDCARD and not wildcard:
-        raise ValueError(f"{what} '*' is only valid when subscribing")
-    return name
 
 
 class Gap(NamedTuple):
@@ -111,7 +83,7 @@ class Subscription(NamedTuple):
 
 
 @implementer(IChannel)
-class Channel(ABC):
+class Channel(ListenerMethods, ABC):
     """
     Base class: subscriptions, validation and fan-out.
 
@@ -148,14 +120,7 @@ class Channel(ABC):
         self._subscribers: dict[str, dict[ICarrier, None]] = {}
         self._carriers: dict[ICarrier, set[str]] = {}
         self._clock = clock
-        self._mailboxes: Mailboxes | None = None
-        self._requests: PendingRequests | None = None
-        # Listener handles: the same object for an id while it is in use (its actions live
-        # on it); the ones this channel registered are kept until removed through it.
-        self._handles: weakref.WeakValueDictionary[str, Listener] = (
-            weakref.WeakValueDictionary()
-        )
-        self._registered: dict[str, Listener] = {}
+        ListenerMethods.__init__(self)
 
     def __repr__(self) -> str:
         return (
@@ -308,221 +273,6 @@ class Channel(ABC):
     def carrier_count(self) -> int:
         """Number of distinct carriers with at least one subscription."""
         return len(self._carriers)
-
-    # -- listeners -----------------------------------------------------------------------
-
-    @property
-    def mailboxes(self) -> Mailboxes:
-        """
-        The channel's listeners and their mailboxes (made by :meth:`_make_mailboxes` on
-        first use); replies to this process's requests reach :meth:`request` through it.
-        """
-        if self._mailboxes is None:
-            from ..listeners._requests import PendingRequests
-
-            mailboxes = self._make_mailboxes()
-            self._requests = PendingRequests(self)
-            mailboxes.on_reply = self._requests.on_reply
-            self._mailboxes = mailboxes
-        return self._mailboxes
-
-    def _make_mailboxes(self) -> Mailboxes:
-        """The backend's :class:`~twisted_event_dispatcher.listeners.Mailboxes`."""
-        raise NotImplementedError(f"{type(self).__name__} has no listener backend")
-
-    def add_listener(
-        self,
-        listener_id: str | None = None,
-        *,
-        group: str | None = None,
-        mailbox_size: int = 1000,
-        ack_timeout: float = 30.0,
-    ) -> Deferred[Listener]:
-        """
-        Register a listener (running, with an empty mailbox) and fire with its handle.
-
-        :param listener_id: its id (a generated one if None); unique on the channel.
-        :param group: the group whose messages it takes a share of (see
-            :meth:`dispatch_group`).
-        :param mailbox_size: the bound on its own mailbox (queued + unacknowledged).
-        :param ack_timeout: seconds its consumer has to acknowledge a group message
-            before the message goes back to the group.
-        :raises TypeError, ValueError: a bad name or option (at once; nothing changes).
-        :return: fails with :class:`~twisted_event_dispatcher.errors.ListenerExistsError`
-            when the id is taken.
-        """
-        if listener_id is not None:
-            check_event_name(listener_id, "listener id")
-        if group is not None:
-            check_event_name(group, "group name")
-        check_count(mailbox_size, "mailbox_size")
-        check_seconds(ack_timeout, "ack_timeout")
-
-        def registered(new_id: str) -> Listener:
-            handle = self.listener(new_id)
-            handle.group = group
-            self._registered[new_id] = handle
-            return handle
-
-        return self.mailboxes.register(listener_id, group, mailbox_size, ack_timeout).addCallback(
-            registered
-        )
-
-    def listener(self, listener_id: str) -> Listener:
-        """
-        The handle of listener ``listener_id``: no I/O and no check that it exists (an
-        unknown id fails when the handle is used). The same handle while it is in use, so
-        the actions set on it are the ones :meth:`~.Listener.serve` runs.
-        """
-        check_event_name(listener_id, "listener id")
-        handle = self._handles.get(listener_id)
-        if handle is None:
-            from ..listeners.listener import Listener
-
-            handle = self._handles[listener_id] = Listener(self, listener_id)
-        return handle
-
-    def remove_listener(self, listener_id: str) -> Deferred[None]:
-        """
-        Remove a listener: its own mailbox is discarded, its unacknowledged group messages
-        go back to the group, its consumer ends (reason ``"removed"``).
-        Fails with :class:`~twisted_event_dispatcher.errors.UnknownListenerError`.
-        """
-        check_event_name(listener_id, "listener id")
-
-        def removed(_: None) -> None:
-            self._registered.pop(listener_id, None)
-
-        return self.mailboxes.remove(listener_id).addCallback(removed)
-
-    def listener_ids(self, group: str | None = None) -> Deferred[list[str]]:
-        """Every listener's id (of ``group`` only, if given), in registration order."""
-        if group is not None:
-            check_event_name(group, "group name")
-        return self.mailboxes.listener_ids(group)
-
-    def broadcast(self, event: str, data: Any = None) -> Deferred[Message]:
-        """
-        Publish to the live subscribers (as :meth:`publish`) and copy the message into every
-        listener's mailbox, in one order for all. A full mailbox gets a ``_missed`` notice
-        (with the count) instead of the copy; the broadcast itself never fails for it.
-        """
-        check_event_name(event)
-        _check_not_control(event, "broadcast")
-        return self.mailboxes.put_all(event, data, self._encode(data))
-
-    def dispatch(self, listener_id: str, event: str, data: Any = None) -> Deferred[str | None]:
-        """
-        Put a message into one listener's mailbox; fires with its mail id. ``start`` and
-        ``stop`` (with no data) start or stop the listener instead and fire with None.
-        Fails with :class:`~twisted_event_dispatcher.errors.UnknownListenerError` or
-        :class:`~twisted_event_dispatcher.errors.MailboxFullError` (nothing stored).
-        """
-        if type(listener_id) is not str or listener_id not in self._registered:
-            check_event_name(listener_id, "listener id")  # (registered ones were checked)
-        check_event_name(event)
-        if event in _CONTROL_TYPES:
-            if data is not None:
-                raise ReservedTypeError(
-                    f"{event!r} starts or stops a listener and takes no data, got {data!r}"
-                )
-            running: Deferred[Any] = self.mailboxes.set_running(listener_id, event == "start")
-            return running
-        result: Deferred[Any] = self.mailboxes.put(listener_id, event, data, self._encode(data))
-        return result
-
-    def dispatch_group(
-        self, group: str, event: str, data: Any = None, *, policy: str = "round-robin"
-    ) -> Deferred[str]:
-        """
-        Put a message into ``group``'s queue: exactly one running member takes it (the next
-        in turn with a free slot: ``"round-robin"``; or ``"least-busy"``). Fails with
-        :class:`~twisted_event_dispatcher.errors.UnknownGroupError` (no member) or
-        :class:`~twisted_event_dispatcher.errors.MailboxFullError` (the queue is full).
-        """
-        check_event_name(group, "group name")
-        check_event_name(event)
-        _check_not_control(event, "dispatch_group")
-        _check_policy(policy)
-        return self.mailboxes.put_group(group, event, data, self._encode(data), policy)
-
-    def request(
-        self,
-        target: str,
-        event: str,
-        data: Any = None,
-        *,
-        group: bool = False,
-        timeout: float = 10.0,
-    ) -> Deferred[Any]:
-        """
-        Dispatch a request to listener ``target`` (or, with ``group=True``, to one member of
-        group ``target``) and fire with its action's return value.
-
-        Fails with :class:`~twisted_event_dispatcher.errors.RemoteActionError` (the action
-        raised, or there is none for ``event``), with
-        :class:`~twisted_event_dispatcher.errors.RequestTimeoutError` after ``timeout``
-        seconds without a reply (the action may still run), or as :meth:`dispatch` does.
-        Cancelling the Deferred forgets the request (a late reply is ignored).
-        """
-        if not isinstance(group, bool):
-            raise TypeError(f"group must be a bool, got {type(group).__name__}")
-        check_event_name(target, "group name" if group else "listener id")
-        check_event_name(event)
-        _check_not_control(event, "request")
-        check_seconds(timeout, "timeout")
-        data_json = self._encode(data)
-        mailboxes = self.mailboxes
-        assert self._requests is not None  # made with the mailboxes
-        requests = self._requests
-        correlation = uuid.uuid4().hex
-        answer = requests.add(correlation, target, event, timeout)
-        if group:
-            sent = mailboxes.put_group(
-                target, event, data, data_json,
-                reply_to=mailboxes.reply_address, correlation=correlation,
-            )
-        else:
-            sent = mailboxes.put(
-                target, event, data, data_json,
-                reply_to=mailboxes.reply_address, correlation=correlation,
-            )
-        sent.addErrback(requests.fail, correlation)
-        return answer
-
-
-def check_count(value: object, what: str) -> int:
-    """An int >= 1 (not a bool): a bound or a count of slots."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{what} must be >= 1, got {value}")
-    return value
-
-
-def check_seconds(value: object, what: str) -> float:
-    """A finite number of seconds > 0 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
-
-
-def _check_not_control(event: str, where: str) -> None:
-    if event in _CONTROL_TYPES:
-        raise ReservedTypeError(
-            f"{event!r} is reserved: it starts or stops one listener, through "
-            f"dispatch(listener_id, {event!r}), not {where}"
-        )
-
-
-def _check_policy(policy: object) -> None:
-    from ..listeners._backend import POLICIES
-
-    if not isinstance(policy, str) or policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-
 
 class ChannelRegistry:
     """
