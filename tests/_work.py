@@ -44,3 +44,15 @@ def square_or_die(x: object) -> list[int]:
         os._exit(3)
     assert isinstance(x, int)
     return square_and_pid(x)
+
+
+class TwoArgsError(Exception):
+    """Pickles, but does not unpickle: ``__init__`` takes other arguments than ``args``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+
+
+def raise_unpicklable(x: object) -> object:
+    raise TwoArgsError(3, f"cannot process {x!r}")

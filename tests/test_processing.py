@@ -1,13 +1,15 @@
 """
 Processing listeners: the worker pools (real threads, real spawned processes), the ordering
 buffer, the pacing between results (on a Clock), and the Processor end to end on a
-MemoryChannel.
+MemoryChannel and, in a group, on a RedisStreamChannel.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -15,12 +17,16 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 
 from tests import _work
+from tests._redis import RedisServer
 from twisted_event_dispatcher.channels import MemoryChannel
+from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 from twisted_event_dispatcher.errors import RemoteActionError
 from twisted_event_dispatcher.listeners._pools import (
     InOrder,
@@ -28,6 +34,7 @@ from twisted_event_dispatcher.listeners._pools import (
     PoolClosedError,
     ProcessWorkers,
     ThreadWorkers,
+    WorkerError,
     check_picklable,
     make_pool,
 )
@@ -206,8 +213,8 @@ async def test_a_given_executor_is_used_and_left_running() -> None:
         executor.shutdown()
         # A broken or shut-down executor fails the call, not the caller.
         pool = make_pool(executor, 2, _work.square, "unused")
-        with pytest.raises(RuntimeError, match="shutdown"):
-            await pool.submit(_work.square, 3)
+        with pytest.raises(PoolClosedError, match="refused the call: .*shutdown"):
+            pool.submit(_work.square, 3)
     finally:
         executor.shutdown()
 
@@ -658,6 +665,7 @@ def test_bad_arguments_are_refused_before_anything_is_registered(
         ({"result_delay": "1"}, TypeError, "result_delay must be a number"),
         ({"listener_id": "_p"}, ValueError, "listener id"),
         ({"mailbox_size": 0}, ValueError, "mailbox_size"),
+        ({"clock": 3}, TypeError, "clock must provide IReactorTime"),
     ]
     for options, error, message in bad:
         with pytest.raises(error, match=message):
@@ -667,3 +675,330 @@ def test_bad_arguments_are_refused_before_anything_is_registered(
     with pytest.raises(TypeError, match="listener must be a Listener"):
         Processor("p", local)  # type: ignore[arg-type]
     assert success_result_of(channel.listener_ids()) == []
+
+
+# -- review fixes (each fails on the code before its fix) ----------------------------------
+
+
+def test_pacer_run_from_inside_an_action_keeps_one_timer() -> None:
+    # An action whose result queued another one (the processor does: an acknowledgement
+    # hands over the next mail; the end of the stream is queued from the last publication)
+    # drained re-entrantly and scheduled a second timer that cancel() did not know of.
+    clock = Clock()
+    pacer = Pacer(clock, 1.0)
+    ran: list[str] = []
+
+    def first() -> None:
+        ran.append("first")
+        pacer.run(lambda: ran.append("third"))
+
+    pacer.run(lambda: ran.append("zero"))
+    pacer.run(first).addCallback(lambda _: pacer.run(lambda: ran.append("second")))
+    clock.advance(1.0)
+    assert ran == ["zero", "first"] and len(clock.getDelayedCalls()) == 1
+    clock.advance(1.0)
+    assert ran == ["zero", "first", "third"] and len(clock.getDelayedCalls()) == 1
+    pacer.cancel()
+    assert clock.getDelayedCalls() == []
+
+
+def surrogate_error(x: object) -> object:
+    """Raises an exception whose message has no UTF-8 form (a lone surrogate)."""
+    raise ValueError(f"bad \ud800 {x!r}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_error_message_json_cannot_encode_is_published_once_and_replied(
+    channel: MemoryChannel, carrier: WaitingCarrier
+) -> None:
+    # The error event could not be encoded: the mail was computed max_deliveries times and
+    # the requester never got its reply.
+    calls: list[object] = []
+
+    def function(x: object) -> object:
+        calls.append(x)
+        return surrogate_error(x)
+
+    processor = await Processor.create(channel, function, listener_id="p")
+    with pytest.raises(RemoteActionError) as info:
+        await channel.request("p", "job", 1, timeout=WAIT)
+    assert info.value.remote_type == "ValueError"
+    assert info.value.remote_message == "bad \\ud800 1"
+    await channel.dispatch("p", "closed")
+    assert await processor.done == 0
+    assert calls == [1]
+    assert [(m.event, m.data.get("error"), m.data.get("message")) for m in carrier.messages] == [
+        ("processing_error", "ValueError", "bad \\ud800 1"), ("closed", None, None)
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_late_broken_call_does_not_shut_down_the_new_workers() -> None:
+    # When a worker died, every call of that executor failed with BrokenProcessPool; the
+    # later ones also shut down the executor that had replaced it meanwhile, so a call it
+    # ran was on processes close() no longer knew of.
+    recorder = TriggerRecorder()
+    pool = ProcessWorkers(1, reactor=recorder)
+    retried: list[Deferred[int]] = []
+
+    def retry(failure: Any) -> None:  # at once, as the processor's redelivery does
+        retried.append(pool.submit(_work.pid, None))
+
+    dying = pool.submit(_work.die, None).addErrback(lambda f: retry(f.trap(BrokenProcessPool)))
+    queued = pool.submit(_work.pid, None)  # waits behind the dying call: broken too
+    await dying
+    with pytest.raises(BrokenProcessPool):
+        await queued
+    first = await retried[0]
+    assert await pool.submit(_work.pid, None) == first  # the same worker, still in use
+    await pool.close()
+    assert gone(first)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_exception_pickle_cannot_bring_back_does_not_break_the_pool() -> None:
+    # It broke the executor (its result thread failed to unpickle it), so the other calls
+    # failed too, as BrokenProcessPool "terminated abruptly".
+    pool = ProcessWorkers(1, reactor=TriggerRecorder())
+    failing = pool.submit(_work.raise_unpicklable, "x")
+    other = pool.submit(_work.pid, None)
+    with pytest.raises(WorkerError) as info:
+        await failing
+    assert (info.value.kind, str(info.value)) == ("TwoArgsError", "3: cannot process 'x'")
+    worker = await other
+    assert await pool.submit(_work.pid, None) == worker  # the pool was not broken
+    with pytest.raises(ValueError, match="cannot process 2"):  # others come back as they are
+        await pool.submit(_work.refuse, 2)
+    await pool.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unpicklable_exception_is_published_on_the_first_delivery(
+    channel: MemoryChannel, carrier: WaitingCarrier
+) -> None:
+    processor = await Processor.create(
+        channel, _work.raise_unpicklable, listener_id="p", pool="processes", max_workers=1
+    )
+    with pytest.raises(RemoteActionError) as info:
+        await channel.request("p", "job", 1, timeout=WAIT)
+    assert (info.value.remote_type, info.value.remote_message) == (
+        "TwoArgsError", "3: cannot process 1"
+    )
+    assert [(m.event, m.data["error"]) for m in carrier.messages] == [
+        ("processing_error", "TwoArgsError")
+    ]
+    await processor.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pool_that_refuses_work_ends_the_processor_and_keeps_the_mail(
+    channel: MemoryChannel, carrier: WaitingCarrier, log: Any
+) -> None:
+    # Every mail became a "RuntimeError: cannot schedule new futures after shutdown" error
+    # event and was acknowledged: the mailbox was consumed for nothing.
+    executor = ThreadPoolExecutor(1)
+    processor = await Processor.create(channel, _work.square, listener_id="p", pool=executor)
+    await channel.dispatch("p", "job", 3)
+    await until(lambda: success_result_of(processor.listener.info()).in_flight == 0)
+    executor.shutdown()
+    await channel.dispatch("p", "job", 4)
+    assert processor.done.called and processor.reason == "failed"
+    assert [m.event for m in carrier.messages] == ["result"]
+    info = await processor.listener.info()
+    assert (info.queued, info.in_flight, info.attached) == (1, 0, False)
+    [error] = [e for e in log.events if "its pool cannot run" in e.get("log_format", "")]
+    assert "refused the call" in str(error["error"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_cancelled_by_their_executor_go_back_to_the_mailbox(
+    channel: MemoryChannel, carrier: WaitingCarrier
+) -> None:
+    # A call cancelled before it ran (cancel_futures, as at reactor shutdown) was published
+    # as a CancelledError and its mail acknowledged: lost without having been processed.
+    executor = ThreadPoolExecutor(1)
+    work = Concurrency()
+    try:
+        processor = await Processor.create(
+            channel, work, listener_id="p", pool=executor, max_workers=2
+        )
+        for x in (1, 2):
+            await channel.dispatch("p", "job", x)
+        work.wait_entered(1)  # 1 runs, 2 waits in the executor's queue
+        executor.shutdown(wait=False, cancel_futures=True)
+        await until(lambda: processor.reason is not None)  # 2 came back; refused
+        assert processor.reason == "failed" and not processor.done.called  # 1 still runs
+        work.gate.set()
+        await processor.done
+        assert carrier.messages == [] and work.calls == 1
+        info = await processor.listener.info()
+        assert (info.queued, info.in_flight) == (2, 0)
+    finally:
+        work.gate.set()
+        executor.shutdown()
+
+
+async def _coroutine_function(x: object) -> object:
+    return x
+
+
+@pytest_twisted.ensureDeferred
+async def test_async_functions_are_refused_and_a_deferred_result_is_a_clear_error(
+    channel: MemoryChannel, carrier: WaitingCarrier
+) -> None:
+    # An async function was accepted; its coroutine (or a Deferred) came back as an
+    # "InvalidDataError: not JSON serializable" (and "coroutine never awaited").
+    with pytest.raises(TypeError, match="plain .*blocking.* listener.consume"):
+        Processor.create(channel, _coroutine_function)
+    processor = await Processor.create(channel, lambda x: Deferred(), listener_id="p")
+    with pytest.raises(RemoteActionError) as info:
+        await channel.request("p", "job", 1, timeout=WAIT)
+    assert info.value.remote_type == "TypeError"
+    assert "returned Deferred" in info.value.remote_message
+    assert "must return its result" in info.value.remote_message
+    await processor.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_result_published_after_its_ack_deadline_is_logged(
+    carrier: WaitingCarrier, log: Any
+) -> None:
+    # It was acknowledged in vain, silently: the group had given the mail to a member
+    # again, which published it a second time.
+    clock = Clock()
+    channel = MemoryChannel("slow", clock=clock)
+    success_result_of(channel.subscribe("*", carrier))
+    work = Concurrency()
+    processor = await Processor.create(
+        channel, work, listener_id="p", group="g", ack_timeout=5.0, max_workers=2
+    )
+    await channel.dispatch_group("g", "job", 1)
+    work.wait_entered(1)
+    clock.advance(5.0)  # the deadline passes: the group hands it out again (to p)
+    work.wait_entered(1)
+    work.gate.set()
+    await carrier.wait_for(2)
+    assert [m.data["result"] for m in carrier.messages] == [1, 1]  # at least once
+    await until(lambda: processor._unsettled == 0)
+    [warning] = [e for e in log.events if "after its ack deadline" in e.get("log_format", "")]
+    assert "ack_timeout longer" in warning["log_format"]
+    await processor.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_closed_request_is_answered_with_the_counts(channel: MemoryChannel) -> None:
+    # It was acknowledged without a reply: the requester waited for its timeout.
+    processor = await Processor.create(channel, checked, listener_id="p")
+    await channel.dispatch("p", "job", 1)
+    await channel.dispatch("p", "job", -1)
+    counts = await channel.request("p", "closed", timeout=WAIT)
+    assert counts == {"results": 1, "errors": 1} and await processor.done == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stop_while_closing_gives_the_stream_back(
+    channel: MemoryChannel, carrier: WaitingCarrier
+) -> None:
+    work = Concurrency()
+    processor = await Processor.create(channel, work, listener_id="p", max_workers=2)
+    for x in (1, 2):
+        await channel.dispatch("p", "job", x)
+    await channel.dispatch("p", "closed")
+    work.wait_entered(2)
+    stopping = processor.stop()
+    work.gate.set()
+    await stopping
+    assert processor.reason == "stopped" and await processor.done == 0
+    assert carrier.messages == []  # neither the results nor "closed"
+    again = await Processor.create(channel, checked, listener_id="q")  # unrelated listener
+    await again.stop()
+    restart = Processor(processor.listener, lambda x: x)
+    await restart.start()
+    assert await restart.done == 2 and [m.event for m in carrier.messages] == [
+        "result", "result", "closed"
+    ]
+
+
+def test_a_function_of_an_interactive_main_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It pickled (by name), then every call broke the pool in the spawned worker, which
+    # cannot import '__main__' of a REPL: "terminated abruptly", retried max_deliveries times.
+    main = types.ModuleType("__main__")  # as in a REPL or python -c: no __file__
+
+    def interactive(x: int) -> int:
+        return x
+
+    interactive.__module__, interactive.__qualname__ = "__main__", "interactive"
+    main.interactive = interactive  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    with pytest.raises(TypeError, match="interactive session .*define it in a module"):
+        check_picklable(interactive)
+    main.__file__ = "script.py"  # a script: spawn runs it again as __mp_main__
+    check_picklable(interactive)
+
+
+_OPTIONS = (
+    "max_workers", "pool", "result_event", "error_event", "ordered", "result_delay",
+    "max_deliveries", "listener_id", "group", "mailbox_size", "ack_timeout", "clock",
+)
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-2, 5), st.floats(), st.text(max_size=4),
+    st.sampled_from(["threads", "processes", "closed", "_x", "ok", "start"]), st.builds(Clock),
+)
+
+
+@given(options=st.dictionaries(st.sampled_from(_OPTIONS), _VALUES, max_size=3))
+def test_processor_options_work_or_raise_and_register_nothing(options: dict[str, Any]) -> None:
+    # A clock that is no clock was accepted, and failed at the first result to publish
+    # (inside a Deferred's callbacks: the mail was never settled).
+    channel = MemoryChannel("fuzz")
+    try:
+        created = Processor.create(channel, _work.square, **options)
+    except (TypeError, ValueError):
+        assert success_result_of(channel.listener_ids()) == []
+        return
+    processor = success_result_of(created)
+    assert processor._pacer.run(lambda: "paced") is not None  # the clock works
+    success_result_of(processor.stop())
+    assert success_result_of(processor.done) == 0
+
+
+# -- on Redis ------------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_processors_in_a_group_share_the_work_across_redis_connections(
+    redis: RedisServer,
+) -> None:
+    # Two channel objects on one Redis: what two processes see (the cross-process group
+    # mechanics are tested in test_listeners_redis.py; this is the Processor over them).
+    first = RedisStreamChannel("pipeline", url=redis.url, block=200)
+    second = RedisStreamChannel("pipeline", url=redis.url, block=200)
+    await first.connect()
+    await second.connect()
+    try:
+        carrier = WaitingCarrier()
+        await first.subscribe("*", carrier)
+        a = await Processor.create(first, _work.square_and_pid, listener_id="a", group="g")
+        b = await Processor.create(
+            second, _work.square, listener_id="b", group="g", pool="processes", max_workers=2
+        )
+        ids = [await first.dispatch_group("g", "job", x) for x in range(8)]
+        replied = await second.request("g", "job", 9, group=True, timeout=WAIT)
+        assert replied in (81, [81, os.getpid()])  # b's, or a's (threads: this process)
+        await carrier.wait_for(9)
+        results = {m.data["input"]: m.data["result"] for m in carrier.messages}
+        assert set(ids) <= set(results) and len(carrier.messages) == 9  # each input once
+        squares = [r if isinstance(r, int) else r[0] for r in (results[i] for i in ids)]
+        assert squares == [x * x for x in range(8)]
+        await until(lambda: a.results + b.results == 9)
+        await first.dispatch("a", "closed")
+        assert await a.done == a.results and a.reason == "closed"
+        await carrier.wait_for(10)
+        assert (carrier.messages[-1].event, carrier.messages[-1].data) == (
+            "closed", {"results": a.results, "errors": 0}
+        )
+        await b.stop()
+        assert b.reason == "stopped"
+    finally:
+        await first.disconnect()
+        await second.disconnect()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import deque
@@ -32,7 +33,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final, Generic, TypeVar, cast
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
     IReactorCore,
@@ -49,10 +50,12 @@ __all__ = [
     "PoolClosedError",
     "ProcessWorkers",
     "ThreadWorkers",
+    "WorkerError",
     "WorkerPool",
     "check_picklable",
     "check_pool",
     "make_pool",
+    "run_in_worker",
 ]
 
 #: The pools chosen by name; an ``Executor`` instance is accepted as well.
@@ -62,7 +65,51 @@ _T = TypeVar("_T")
 
 
 class PoolClosedError(RuntimeError):
-    """Work was submitted to a pool after :meth:`WorkerPool.close`."""
+    """
+    Work was submitted to a pool after :meth:`WorkerPool.close` (or reactor shutdown), or
+    to a pool whose executor refuses work (a given executor that was shut down).
+    """
+
+
+class WorkerError(Exception):
+    """
+    An exception raised in a worker process that pickle could not have brought back as it
+    was (an exception class whose ``__init__`` takes other arguments than ``args``, or an
+    unpicklable attribute): its type's name and message instead. Without this, the
+    executor's result thread fails to unpickle it and breaks the whole pool, killing the
+    calls of the other workers too (``BrokenProcessPool``).
+
+    :ivar kind: the name of the original exception's type.
+    :ivar message: ``str()`` of the original exception.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def run_in_worker(function: Callable[[Any], _T], arg: Any) -> _T:
+    """
+    In a worker process: ``function(arg)``; an exception that would not survive the trip
+    back (pickled here, unpickled in the parent) is replaced by a :class:`WorkerError`
+    chained to it (its traceback stays in the remote traceback).
+    """
+    try:
+        return function(arg)
+    except Exception as error:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:
+            try:
+                message = str(error)
+            except Exception:
+                message = f"<{type(error).__name__}: str() failed>"
+            raise WorkerError(type(error).__name__, message) from error
+        raise
 
 
 def _global_reactor() -> Any:
@@ -100,14 +147,16 @@ class WorkerPool(ABC):
         """
         Run ``function(arg)`` on a worker. The Deferred fires in the reactor thread with
         the return value, or fails with what it raised.
-        :raises PoolClosedError: :meth:`close` was called.
+        :raises PoolClosedError: :meth:`close` was called, or the executor refused the
+            call (then nothing is running it).
         """
         if self._closed:
             raise PoolClosedError(f"{self!r} is closed")
         try:
             result: Deferred[_T] = self._submit(function, arg)
-        except Exception:  # e.g. a given executor that was shut down or is broken
-            return fail()
+        except Exception as error:  # e.g. a given executor that was shut down or is broken
+            # Not an outcome of ``function(arg)``: the pool cannot run anything.
+            raise PoolClosedError(f"{self!r} refused the call: {error}") from error
         self._busy += 1
         return result
 
@@ -255,7 +304,9 @@ class ProcessWorkers(WorkerPool):
     executor is its owner's to shut down.
 
     ``function``, ``arg`` and the return value cross a process boundary: they must be
-    picklable (a module-level function; see :func:`check_picklable`).
+    picklable (a module-level function; see :func:`check_picklable`). Calls to a
+    ``ProcessPoolExecutor`` go through :func:`run_in_worker`, so an exception that could
+    not come back as it is arrives as a :class:`WorkerError` instead of breaking the pool.
     """
 
     def __init__(
@@ -279,13 +330,16 @@ class ProcessWorkers(WorkerPool):
 
     def _submit(self, function: Callable[[Any], _T], arg: Any) -> Deferred[_T]:
         executor = self._executor if self._executor is not None else self._new_executor()
+        guarded = self._owned or isinstance(executor, ProcessPoolExecutor)
+        call: tuple[Any, ...] = (run_in_worker, function, arg) if guarded else (function, arg)
         try:
-            future = executor.submit(function, arg)
+            future = executor.submit(*call)
         except BrokenProcessPool:
             if not self._owned:
                 raise
             executor.shutdown(wait=False)  # a worker died since the last call settled
-            future = self._new_executor().submit(function, arg)
+            executor = self._new_executor()
+            future = executor.submit(*call)
 
         def cancel(_: Deferred[_T]) -> None:
             future.cancel()  # if it has not started; else its outcome is ignored
@@ -301,24 +355,28 @@ class ProcessWorkers(WorkerPool):
                 outcome, ok = Failure(CancelledError()), False
             except BaseException as error:  # noqa: BLE001 - it is the call's outcome
                 outcome, ok = Failure(error), False
-            from_thread(self._settle, result, outcome, ok)
+            from_thread(self._settle_call, executor, result, outcome, ok)
 
         future.add_done_callback(done)
         return result
 
-    def _settle(self, result: Deferred[Any], outcome: Any, ok: bool) -> None:
+    def _settle_call(
+        self, executor: Executor, result: Deferred[Any], outcome: Any, ok: bool
+    ) -> None:
         if (
             self._owned
             and not ok
             and isinstance(outcome, Failure)
             and outcome.check(BrokenProcessPool)
-            and self._executor is not None
+            and executor is self._executor
             and not self._closed
         ):
-            # A worker died: this executor accepts nothing more; the next call gets a new one.
-            broken, self._executor = self._executor, None
-            broken.shutdown(wait=False)
-        super()._settle(result, outcome, ok)
+            # A worker died: this executor accepts nothing more; the next call gets a new
+            # one. (Only if it is still the current one: the other calls it ran report
+            # the same breakage later, maybe after a new executor took over.)
+            self._executor = None
+            executor.shutdown(wait=False)
+        self._settle(result, outcome, ok)
 
     def _stop_workers(self) -> Deferred[None]:
         executor, self._executor = self._executor, None
@@ -348,7 +406,8 @@ class ProcessWorkers(WorkerPool):
 def check_picklable(function: Callable[..., Any]) -> None:
     """
     :raises TypeError: ``function`` cannot be sent to another process (a lambda, a
-        nested function, a bound method of an unpicklable object, ...).
+        nested function, a bound method of an unpicklable object, a function of an
+        interactive ``__main__``, ...).
     """
     try:
         pickle.dumps(function)
@@ -358,6 +417,15 @@ def check_picklable(function: Callable[..., Any]) -> None:
             f"picklable (a function defined at the top level of an importable module); "
             f"{function!r} is not: {error}"
         ) from error
+    main = sys.modules.get("__main__")
+    if getattr(function, "__module__", None) == "__main__" and not hasattr(main, "__file__"):
+        # It pickles (by name), but a spawned worker cannot import it: every call would
+        # break the pool ("terminated abruptly"), with the cause only on the worker's stderr.
+        raise TypeError(
+            f"pool='processes' runs the function in spawned processes, which import it by "
+            f"name; {function!r} is defined in '__main__' of an interactive session (a "
+            f"REPL, python -c, a notebook), which they cannot import: define it in a module"
+        )
 
 
 def check_pool(pool: object, function: Callable[..., Any]) -> None:
@@ -468,6 +536,10 @@ class Pacer:
         self._queue: deque[tuple[Callable[[], Any], Deferred[Any]]] = deque()
         self._next_at = float("-inf")
         self._timer: IDelayedCall | None = None
+        #: True while :meth:`_drain` runs: an action that queues another one (directly or
+        #: through its Deferred's callbacks) leaves it to the loop already running, which
+        #: keeps one timer at most (one cancel() knows of).
+        self._draining = False
 
     @property
     def waiting(self) -> int:
@@ -477,28 +549,32 @@ class Pacer:
         """Run ``action`` in its turn; fires with its result (a Deferred's result)."""
         result: Deferred[Any] = Deferred()
         self._queue.append((action, result))
-        if self._timer is None:
+        if self._timer is None and not self._draining:
             self._drain()
         return result
 
     def _drain(self) -> None:
         self._timer = None
-        while self._queue:
-            now = self.clock.seconds()
-            if now < self._next_at:
-                self._timer = self.clock.callLater(self._next_at - now, self._drain)
-                return
-            action, result = self._queue.popleft()
-            self._next_at = now + self.delay
-            try:
-                outcome = action()
-            except Exception:
-                result.errback(Failure())
-                continue
-            if isinstance(outcome, Deferred):
-                outcome.chainDeferred(result)
-            else:
-                result.callback(outcome)
+        self._draining = True
+        try:
+            while self._queue:
+                now = self.clock.seconds()
+                if now < self._next_at:
+                    self._timer = self.clock.callLater(self._next_at - now, self._drain)
+                    return
+                action, result = self._queue.popleft()
+                self._next_at = now + self.delay
+                try:
+                    outcome = action()
+                except Exception:
+                    result.errback(Failure())
+                    continue
+                if isinstance(outcome, Deferred):
+                    outcome.chainDeferred(result)
+                else:
+                    result.callback(outcome)
+        finally:
+            self._draining = False
 
     def cancel(self) -> None:
         """Drop the actions not run yet; their Deferreds fail with ``CancelledError``."""

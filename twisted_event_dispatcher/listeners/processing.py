@@ -17,22 +17,31 @@ the listener's next consumer.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from ..channels.base import Channel, check_count, check_event_name
 from ..channels.message import encode_json
 from ..errors import InvalidDataError
-from ._pools import InOrder, Pacer, WorkerPool, check_pool, make_pool
-from .listener import Consumer, Listener
+from ._pools import (
+    InOrder,
+    Pacer,
+    PoolClosedError,
+    WorkerError,
+    WorkerPool,
+    check_pool,
+    make_pool,
+)
+from .listener import Consumer, Listener, is_pending
 from .mail import MESSAGE_TYPE_CLOSED, Mail
 
 __all__ = ["Processor"]
@@ -62,9 +71,11 @@ class Processor:
 
     :param function: called as ``function(mail.data)`` on a worker; returns the result
         (JSON-compatible: it is published; a result JSON cannot encode is published as an
-        ``InvalidDataError`` error). A plain, blocking function: a Deferred or coroutine it
-        returns is not awaited. On threads it gets the sender's own object for mail
-        delivered the first time (do not change it), and must be thread-safe.
+        ``InvalidDataError`` error). A plain, blocking function: an ``async def`` function
+        is refused (TypeError), and a Deferred or coroutine it returns is published as a
+        ``TypeError`` error (nothing on a worker could run it). On threads it must be
+        thread-safe and must not touch the reactor (use ``blockingCallFromThread``); it
+        gets the mail's own copy of the data.
     :param max_workers: the most calls running at once: the pool's size, and the most
         mails the listener hands over unacknowledged (its consumer's ``max_in_flight``).
     :param pool: ``"threads"`` (a Twisted ``ThreadPool`` of the processor's own, started on
@@ -77,7 +88,8 @@ class Processor:
     :param result_event: the event a result is published as.
     :param error_event: the event a failure is published as.
     :param ordered: publish in the order of the inputs (a result that is ready early
-        waits for those before it); else as each is ready.
+        waits for those before it); else as each is ready. A mail that goes back to the
+        mailbox (its worker process died) takes its place anew when it comes back.
     :param result_delay: at least this many seconds between two published events
         (eric-sse's ``stream_delay_seconds``); a mail is acknowledged when its result is
         published, so waiting results count against ``max_workers``.
@@ -86,8 +98,10 @@ class Processor:
         refused, goes back to the mailbox and is tried again; on its ``max_deliveries``-th
         delivery it is given up, and ``error_event`` says so.
     :param clock: the time ``result_delay`` is measured on (default: the channel's).
-    :raises TypeError, ValueError: a bad argument, or ``pool="processes"`` with a function
-        that cannot be pickled (at once, before anything is registered or started).
+    :raises TypeError, ValueError: a bad argument, an ``async def`` function, or
+        ``pool="processes"`` with a function a spawned process cannot get (not
+        picklable, or defined in an interactive ``__main__``): at once, before anything
+        is registered or started.
 
     :ivar listener: the :class:`~.listener.Listener` it consumes.
     :ivar done: fires once, when the processor has ended and its workers are gone, with
@@ -99,7 +113,13 @@ class Processor:
 
     A ``_missed`` notice (broadcasts the full mailbox could not take) is published as an
     ``error_event`` with ``"error": "MissedMessages"``. A request (``channel.request``) to
-    the listener also gets the result, or the error, as its reply.
+    the listener also gets the result, or the error, as its reply; a ``closed`` request
+    gets ``{"results": n, "errors": m}``.
+
+    A pool that refuses work (a given executor shut down; the reactor stopping) ends the
+    processor (reason ``"failed"``, logged as an error) and leaves the mail in the
+    mailbox; a call cancelled before it ran goes back to the mailbox too. Neither is
+    published as an error.
     """
 
     def __init__(
@@ -120,7 +140,7 @@ class Processor:
             raise TypeError(f"listener must be a Listener, got {type(listener).__name__}")
         _check_options(
             function, max_workers, pool, result_event, error_event, ordered, result_delay,
-            max_deliveries,
+            max_deliveries, clock,
         )
         self._pool: WorkerPool = make_pool(pool, max_workers, function, f"processor-{listener.id}")
         self.listener = listener
@@ -184,7 +204,7 @@ class Processor:
         """
         _check_options(
             function, max_workers, pool, result_event, error_event, ordered, result_delay,
-            max_deliveries,
+            max_deliveries, clock,
         )
 
         def registered(listener: Listener) -> Deferred[Processor]:
@@ -266,8 +286,18 @@ class Processor:
             return settled
         try:
             computing = self._pool.submit(self.function, mail.data)
-        except Exception:  # the pool was closed: the processor is ending
+        except PoolClosedError as error:
+            # The pool runs nothing more (a given executor was shut down; the reactor is
+            # stopping): turning every mail into an error event would consume the mailbox
+            # for nothing, so the processor ends and the mail stays for the next consumer.
             self._unsettled -= 1
+            self._order.skip(ticket)
+            _log.error(
+                "channel {channel}: processor {listener} stops: its pool cannot run "
+                "{mail!r} ({error}); the mail stays in the mailbox",
+                channel=self.channel.name, listener=self.listener.id, mail=mail, error=error,
+            )
+            self._end("failed")
             return settled
         computing.addBoth(self._computed, ticket, mail, settled)
         return settled
@@ -290,9 +320,16 @@ class Processor:
                 message = f"not tried again, the stream is closing: {outcome.value}"
             broken = _Outcome(mail, settled, False, ("BrokenProcessPool", message))
             self._order.complete(ticket, broken)
+        elif isinstance(outcome, Failure) and outcome.check(CancelledError):
+            # Cancelled before it ran (its executor was shut down with cancel_futures, as
+            # at reactor shutdown): no answer either; it goes back to the mailbox.
+            self._order.skip(ticket)
+            if self._closing is not None and mail.deliveries < self.max_deliveries:
+                self._given_back = True  # it cannot come back before the "closed" mail
+            self._settle(settled, outcome)
         elif isinstance(outcome, Failure):
             error = outcome.value
-            kind = type(error).__name__
+            kind = error.kind if isinstance(error, WorkerError) else type(error).__name__
             _log.warn(
                 "channel {channel}: processor {listener}: {function} failed on {mail!r}: "
                 "{kind}: {error}",
@@ -300,7 +337,18 @@ class Processor:
                 function=getattr(self.function, "__name__", self.function), mail=mail,
                 kind=kind, error=error,
             )
-            self._order.complete(ticket, _Outcome(mail, settled, False, (kind, str(error))))
+            self._order.complete(ticket, _Outcome(mail, settled, False, (kind, _describe(error))))
+        elif is_pending(outcome):
+            # A Deferred or coroutine made on a worker: nothing there runs it, and this
+            # thread must not. Said plainly (JSON's refusal would hide the cause).
+            if isinstance(outcome, Coroutine):
+                outcome.close()  # never awaited, on purpose: no RuntimeWarning
+            message = (
+                f"the function returned {type(outcome).__name__} {outcome!r}, not a value: it "
+                f"runs on a worker and must return its result (for asynchronous work, use "
+                f"listener.consume)"
+            )
+            self._order.complete(ticket, _Outcome(mail, settled, False, ("TypeError", message)))
         else:
             self._order.complete(ticket, _Outcome(mail, settled, True, outcome))
 
@@ -328,7 +376,7 @@ class Processor:
             kind, message = outcome.value
         return self.channel.publish(
             self.error_event,
-            {"input": mail.id, "error": kind, "message": message[:MAX_ERROR_MESSAGE]},
+            {"input": mail.id, "error": _message(kind), "message": _message(message)},
         ).addCallback(lambda _: False)
 
     def _published(self, was_result: bool, outcome: _Outcome) -> None:
@@ -342,7 +390,30 @@ class Processor:
         if mail.is_request:
             self._reply(outcome)
         acked = mail.ack()
+        acked.addCallbacks(
+            self._acked, self._not_acked, callbackArgs=(mail,), errbackArgs=(mail,)
+        )
         acked.addBoth(lambda _: self._settle(outcome.settled, None))
+
+    def _acked(self, acked: bool, mail: Mail) -> None:
+        if not acked and self._ended is None:
+            # Published, but the mail was no longer ours: its ack deadline passed and the
+            # group gave it to another member (or to us again), which publishes it too.
+            _log.warn(
+                "channel {channel}: processor {listener} published the outcome of {mail!r} "
+                "after its ack deadline passed; the mail went to another consumer, so its "
+                "outcome may be published twice: give the listener an ack_timeout longer "
+                "than a mail takes",
+                channel=self.channel.name, listener=self.listener.id, mail=mail,
+            )
+
+    def _not_acked(self, failure: Failure, mail: Mail) -> None:
+        _log.failure(
+            "channel {channel}: processor {listener} published the outcome of {mail!r} but "
+            "could not acknowledge it; it will be delivered, and published, again",
+            failure, LogLevel.warn, channel=self.channel.name, listener=self.listener.id,
+            mail=mail,
+        )
 
     def _not_published(self, failure: Failure, outcome: _Outcome) -> None:
         if self._ended is not None:
@@ -364,8 +435,8 @@ class Processor:
     def _dead_letter(self, mail: Mail, failure: Failure) -> Deferred[Any]:
         """Given up after ``max_deliveries``: the subscribers are told, not only the log."""
         error = failure.value
-        message = f"given up after {mail.deliveries} deliveries: {error}"[:MAX_ERROR_MESSAGE]
-        data = {"input": mail.id, "error": type(error).__name__, "message": message}
+        message = _message(f"given up after {mail.deliveries} deliveries: {_describe(error)}")
+        data = {"input": mail.id, "error": _message(type(error).__name__), "message": message}
         published = self._pacer.run(lambda: self.channel.publish(self.error_event, data))
 
         def counted(_: object) -> None:
@@ -386,7 +457,7 @@ class Processor:
         else:
             kind, message = outcome.value
         if not ok:
-            value_json = encode_json({"type": kind, "message": message[:MAX_ERROR_MESSAGE]})
+            value_json = encode_json({"type": _message(kind), "message": _message(message)})
         replied = self.channel.mailboxes.reply(mail.reply_to, mail.correlation, ok, value_json)
         replied.addErrback(
             lambda f: _log.failure(
@@ -418,6 +489,9 @@ class Processor:
             )
 
         def acked(_: object) -> None:
+            if mail.is_request:  # channel.request(listener, "closed"): the counts
+                counts = {"results": self.results, "errors": self.errors}
+                self._reply(_Outcome(mail, settled, True, counts))
             settled.callback(None)
             self._end("closed")
 
@@ -464,6 +538,23 @@ class Processor:
         self.done.callback(self.results)
 
 
+def _describe(error: BaseException | None) -> str:
+    """``str(error)``, or a placeholder when its ``__str__`` fails."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__}: str() failed>"
+
+
+def _message(text: str) -> str:
+    """
+    ``text`` as it is published (an error type or message): at most
+    :data:`MAX_ERROR_MESSAGE` characters, every one with a UTF-8 form (a lone surrogate
+    becomes its ``\\udxxx`` escape), so publishing it cannot fail on its encoding.
+    """
+    return text[:MAX_ERROR_MESSAGE].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _copy_to(outcome: object, waiter: Deferred[None]) -> object:
     waiter.callback(None)
     return outcome
@@ -478,10 +569,21 @@ def _check_options(
     ordered: object,
     result_delay: object,
     max_deliveries: object,
+    clock: object,
 ) -> None:
     """Check a processor's options: TypeError or ValueError naming the bad one."""
     if not callable(function):
         raise TypeError(f"function must be callable, got {type(function).__name__}")
+    call_method = None if inspect.isroutine(function) else type(function).__call__
+    if any(
+        inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+        for f in (function, call_method)
+    ):
+        raise TypeError(
+            f"function must be a plain (blocking) function: it runs on a worker, where "
+            f"nothing would run the coroutine of {function!r}; for asynchronous work use "
+            f"listener.consume(handler)"
+        )
     check_count(max_workers, "max_workers")
     check_count(max_deliveries, "max_deliveries")
     for what, event in (("result_event", result_event), ("error_event", error_event)):
@@ -497,5 +599,10 @@ def _check_options(
     if not math.isfinite(result_delay) or result_delay < 0:
         raise ValueError(
             f"result_delay must be a finite number of seconds >= 0, got {result_delay!r}"
+        )
+    if clock is not None and not IReactorTime.providedBy(clock):
+        raise TypeError(
+            f"clock must provide IReactorTime (a reactor, or a task.Clock), got "
+            f"{type(clock).__name__}"
         )
     check_pool(pool, function)
