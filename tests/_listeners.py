@@ -539,6 +539,43 @@ class ListenerContract:
         assert (info.queued, info.in_flight) == (0, 0)
 
     @pytest_twisted.ensureDeferred
+    async def test_request_answered_once_when_the_error_or_result_misbehaves(
+        self, make_channel: ChannelFactory
+    ) -> None:
+        # Before: no reply, the action ran max_deliveries times, the requester timed out.
+        channel = await make_channel()
+        service = await channel.add_listener("svc")
+        runs: list[str] = []
+
+        class Unprintable(Exception):
+            def __str__(self) -> str:
+                raise RuntimeError("no message either")
+
+        class Unlistable(dict[str, int]):
+            def items(self) -> Any:
+                raise RuntimeError("items broke")
+
+        def raises(mail: Mail) -> None:
+            runs.append(mail.event)
+            raise Unprintable()
+
+        def returns(mail: Mail) -> Unlistable:
+            runs.append(mail.event)
+            return Unlistable(a=1)
+
+        service.set_action("raises", raises)
+        service.set_action("returns", returns)
+        await service.serve()
+        error = await _fails(channel.request("svc", "raises", timeout=WAIT), RemoteActionError)
+        assert isinstance(error, RemoteActionError) and error.remote_type == "Unprintable"
+        assert "RuntimeError: no message either" in error.remote_message
+        error = await _fails(channel.request("svc", "returns", timeout=WAIT), RemoteActionError)
+        assert isinstance(error, RemoteActionError) and error.remote_type == "InvalidDataError"
+        assert "RuntimeError: items broke" in error.remote_message
+        assert runs == ["raises", "returns"]
+        await _until_info(service, queued=0, in_flight=0)
+
+    @pytest_twisted.ensureDeferred
     async def test_actions_dispatch_to_other_listeners(
         self, make_channel: ChannelFactory
     ) -> None:

@@ -39,7 +39,8 @@ class ListenerMethods:
         self._mailboxes: Mailboxes | None = None
         self._requests: PendingRequests | None = None
         # Listener handles: the same object for an id while it is in use (its actions live
-        # on it); the ones this channel registered are kept until removed through it.
+        # on it); the ones this channel registered, or that have actions, are kept until
+        # removed through it.
         self._handles: weakref.WeakValueDictionary[str, Listener] = (
             weakref.WeakValueDictionary()
         )
@@ -86,9 +87,9 @@ class ListenerMethods:
             when the id is taken.
         """
         if listener_id is not None:
-            check_event_name(listener_id, "listener id")
+            listener_id = check_event_name(listener_id, "listener id")
         if group is not None:
-            check_event_name(group, "group name")
+            group = check_event_name(group, "group name")
         check_count(mailbox_size, "mailbox_size")
         check_seconds(ack_timeout, "ack_timeout")
 
@@ -108,7 +109,7 @@ class ListenerMethods:
         unknown id fails when the handle is used). The same handle while it is in use, so
         the actions set on it are the ones :meth:`~.Listener.serve` runs.
         """
-        check_event_name(listener_id, "listener id")
+        listener_id = check_event_name(listener_id, "listener id")
         handle = self._handles.get(listener_id)
         if handle is None:
             from ..listeners.listener import Listener
@@ -117,13 +118,21 @@ class ListenerMethods:
             self._handles[listener_id] = handle
         return handle
 
+    def _keep_handle(self, handle: Listener) -> None:
+        """
+        Keep ``handle`` (it has actions) until its listener is removed through this
+        channel: ``channel.listener(id).set_action(...)`` must not lose the action when
+        that handle is dropped (the listener may be added later, or live in another process).
+        """
+        self._registered.setdefault(handle.id, handle)
+
     def remove_listener(self, listener_id: str) -> Deferred[None]:
         """
         Remove a listener: its own mailbox is discarded, its unacknowledged group messages
         go back to the group, its consumer ends (reason ``"removed"``).
         Fails with :class:`~twisted_event_dispatcher.errors.UnknownListenerError`.
         """
-        check_event_name(listener_id, "listener id")
+        listener_id = check_event_name(listener_id, "listener id")
 
         def removed(_: None) -> None:
             self._registered.pop(listener_id, None)
@@ -133,7 +142,7 @@ class ListenerMethods:
     def listener_ids(self, group: str | None = None) -> Deferred[list[str]]:
         """Every listener's id (of ``group`` only, if given), in registration order."""
         if group is not None:
-            check_event_name(group, "group name")
+            group = check_event_name(group, "group name")
         return self.mailboxes.listener_ids(group)
 
     def broadcast(self, event: str, data: Any = None) -> Deferred[Message]:
@@ -142,7 +151,7 @@ class ListenerMethods:
         listener's mailbox, in one order for all. A full mailbox gets a ``_missed`` notice
         (with the count) instead of the copy; the broadcast itself never fails for it.
         """
-        check_event_name(event)
+        event = check_event_name(event)
         _check_not_control(event, "broadcast")
         return self.mailboxes.put_all(event, data, self._encode(data))
 
@@ -154,8 +163,8 @@ class ListenerMethods:
         :class:`~twisted_event_dispatcher.errors.MailboxFullError` (nothing stored).
         """
         if type(listener_id) is not str or listener_id not in self._registered:
-            check_event_name(listener_id, "listener id")  # (registered ones were checked)
-        check_event_name(event)
+            listener_id = check_event_name(listener_id, "listener id")  # (registered: checked)
+        event = check_event_name(event)
         if event in _CONTROL_TYPES:
             if data is not None:
                 raise ReservedTypeError(
@@ -175,8 +184,8 @@ class ListenerMethods:
         :class:`~twisted_event_dispatcher.errors.UnknownGroupError` (no member) or
         :class:`~twisted_event_dispatcher.errors.MailboxFullError` (the queue is full).
         """
-        check_event_name(group, "group name")
-        check_event_name(event)
+        group = check_event_name(group, "group name")
+        event = check_event_name(event)
         _check_not_control(event, "dispatch_group")
         _check_policy(policy)
         return self.mailboxes.put_group(group, event, data, self._encode(data), policy)
@@ -202,8 +211,8 @@ class ListenerMethods:
         """
         if not isinstance(group, bool):
             raise TypeError(f"group must be a bool, got {type(group).__name__}")
-        check_event_name(target, "group name" if group else "listener id")
-        check_event_name(event)
+        target = check_event_name(target, "group name" if group else "listener id")
+        event = check_event_name(event)
         _check_not_control(event, "request")
         check_seconds(timeout, "timeout")
         data_json = self._encode(data)

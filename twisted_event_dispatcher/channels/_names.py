@@ -20,9 +20,13 @@ def check_event_name(name: object, what: str = "event name", wildcard: bool = Fa
     Validate an event (or channel) name: a non-empty str of at most 200 characters, with
     no control characters (names travel in SSE ``event:`` lines and JSON), not starting
     with ``_`` (reserved for control messages) and, unless ``wildcard``, not ``"*"``.
+    Returns it as a plain ``str``: a subclass of str is checked, and used, by its
+    characters, never by methods it overrides.
     """
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    if type(name) is not str:
+        name = str.__str__(name)  # an exact copy of its characters
     if not name:
         raise ValueError(f"{what} must not be empty")
     if len(name) > MAX_NAME_LENGTH:

@@ -145,7 +145,7 @@ class Channel(ListenerMethods, ABC):
         encoded (and refused with :class:`~twisted_event_dispatcher.errors.InvalidDataError`)
         before anything is stored: a stored message can always be delivered.
         """
-        check_event_name(key)
+        key = check_event_name(key)
         return self._publish(key, data, self._encode(data))
 
     def _encode(self, data: Any) -> str:

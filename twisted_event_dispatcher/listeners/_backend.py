@@ -87,6 +87,16 @@ class Attachment(ABC):
     def detach(self) -> Deferred[None]:
         """Stop delivering; unacknowledged mail is redelivered (see the module doc)."""
 
+    def holds(self, mail: Mail) -> bool:
+        """
+        Whether ``mail`` is still this consumer's to acknowledge, as far as this process
+        knows: False once it was acknowledged, given back (its listener stopped, its ack
+        deadline passed) or the attachment ended. A sink that buffers mail (a stream)
+        skips what it no longer holds. The default, for a backend that cannot tell
+        without a round trip: True.
+        """
+        return True
+
 
 class Mailboxes(ABC):
     """

@@ -94,7 +94,7 @@ class PendingRequests:
             return
         try:
             value = json.loads(value_json)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested past the parser's stack)
             pending.answer.errback(
                 RemoteActionError("InvalidReply", f"the reply is not JSON: {value_json[:200]!r}")
             )

@@ -13,7 +13,7 @@ import inspect
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from types import GeneratorType
+from types import AsyncGeneratorType, GeneratorType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -73,6 +73,28 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
 
 def _log_detach_failure(failure: Failure, consumer: object) -> None:
     _log.failure("detaching {consumer!r} failed", failure, consumer=consumer)
+
+
+def _not_run(result: object) -> TypeError:
+    """A handler that returned a generator: its body never ran (never acknowledge that)."""
+    return TypeError(
+        f"the handler returned {type(result).__name__} {result!r} instead of running: a "
+        "generator function needs @inlineCallbacks (or write it as async def)"
+    )
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` of an exception whose ``__str__`` may itself raise."""
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return type(error).__name__
+
+
+def _held(mail: Mail) -> bool:
+    """Whether ``mail`` is still its consumer's (see :meth:`~._backend.Attachment.holds`)."""
+    attachment = mail._attachment
+    return attachment is not None and attachment.holds(mail)
 
 
 def _check_callable(value: object, what: str) -> None:
@@ -140,13 +162,14 @@ class Listener:
 
         :raises ReservedTypeError: ``event`` is ``start`` or ``stop``.
         """
-        check_event_name(event)
+        event = check_event_name(event)
         if event in CONTROL_TYPES:
             raise ReservedTypeError(
                 f"{event!r} starts or stops the listener; it cannot have an action"
             )
         _check_callable(action, "an action")
         self._actions[event] = action
+        self.channel._keep_handle(self)
 
     def remove_action(self, event: str) -> bool:
         """Forget the action of ``event``; False if it had none."""
@@ -256,6 +279,11 @@ class Listener:
             value_json = encode_json(value)
         except InvalidDataError as e:
             return self._reply_error(mail, "InvalidDataError", f"the action's result: {e}")
+        except Exception as e:  # its own code raised while encoded (a dict's items()...)
+            return self._reply_error(
+                mail, "InvalidDataError",
+                f"the action's result: encoding it raised {_describe(e)}",
+            )
         assert mail.reply_to is not None and mail.correlation is not None
         return self.channel.mailboxes.reply(mail.reply_to, mail.correlation, True, value_json)
 
@@ -267,7 +295,11 @@ class Listener:
         )
         error = failure.value
         assert error is not None
-        return self._reply_error(mail, type(error).__name__, str(error))
+        try:
+            message = str(error)
+        except Exception as e:  # its __str__ raised: answered all the same, once
+            message = f"(its message could not be read: {_describe(e)})"
+        return self._reply_error(mail, type(error).__name__, message)
 
     def _reply_error(self, mail: Mail, remote_type: str, message: str) -> Deferred[None]:
         assert mail.reply_to is not None and mail.correlation is not None
@@ -353,7 +385,10 @@ class Consumer:
                 )
                 handled.addErrback(self._bug, mail)
                 return
-            settled = self._succeeded(result, mail)
+            if isinstance(result, GeneratorType | AsyncGeneratorType):
+                settled = self._failed(Failure(_not_run(result)), mail)
+            else:
+                settled = self._succeeded(result, mail)
         # A handler that returned at once: no Deferred of ours unless settling is pending
         # (memory acknowledges at once) or failed.
         if settled is not None and not (
@@ -418,15 +453,20 @@ class MailStream:
     A listener's mailbox as an asynchronous iterator (see :meth:`Listener.messages`).
     Iteration ends when the stream is closed or the listener's consumer ends otherwise
     (removed, replaced); :attr:`reason` says which. It fails with the backend's error
-    (``UnknownListenerError``) if the listener cannot be attached.
+    (``UnknownListenerError``) if the listener cannot be attached. Mail delivered to the
+    stream but taken back before it was read (group mail of a listener stopped meanwhile,
+    or whose ack deadline passed) is skipped, where the backend can tell (memory). Several
+    ``__anext__`` calls may wait at once: each gets its own mail, in order.
     """
 
     def __init__(self, listener: Listener, max_in_flight: int) -> None:
         self.listener = listener
         #: Why the stream ended (None while it runs).
         self.reason: str | None = None
+        self._max_in_flight = max_in_flight
         self._buffer: deque[Mail] = deque()
-        self._waiting: Deferred[Mail | None] | None = None
+        #: The ``__anext__`` calls waiting for a mail, first come first served.
+        self._waiting: deque[Deferred[Mail | None]] = deque()
         self._error: Failure | None = None
         self._attachment: Attachment | None = None
         attached = listener.channel.mailboxes.attach(listener.id, self, max_in_flight)
@@ -449,11 +489,12 @@ class MailStream:
     def mail(self, mail: Mail) -> None:
         if self.reason is not None:
             return  # on its way while closing: the detach gives it back
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(mail)
-        else:
-            self._buffer.append(mail)
+        if self._waiting:
+            self._waiting.popleft().callback(mail)
+            return
+        if len(self._buffer) >= self._max_in_flight:  # some were taken back: drop them
+            self._buffer = deque(m for m in self._buffer if _held(m))
+        self._buffer.append(mail)
 
     def detached(self, reason: str) -> None:
         self._end(reason)
@@ -462,9 +503,9 @@ class MailStream:
         if self.reason is None:
             self.reason = reason
         self._buffer.clear()  # no longer ours: given back by the backend
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting.callback(None)
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            waiter.callback(None)
 
     # -- iteration -----------------------------------------------------------------------
 
@@ -472,19 +513,23 @@ class MailStream:
         return self
 
     async def __anext__(self) -> Mail:
-        if self._buffer:
-            return self._buffer.popleft()
+        while self._buffer:
+            mail = self._buffer.popleft()
+            if _held(mail):  # (a stopped listener's group mail went back to the group)
+                return mail
         if self.reason is not None:
             self._finish()
 
-        def forget(_: Deferred[Mail | None]) -> None:
-            self._waiting = None
+        def forget(cancelled: Deferred[Mail | None]) -> None:
+            if cancelled in self._waiting:
+                self._waiting.remove(cancelled)
 
-        self._waiting = Deferred(forget)
-        mail = await self._waiting
-        if mail is None:
+        waiter: Deferred[Mail | None] = Deferred(forget)
+        self._waiting.append(waiter)
+        handed = await waiter
+        if handed is None:
             self._finish()
-        return mail
+        return handed
 
     def _finish(self) -> NoReturn:
         if self._error is not None:

@@ -144,6 +144,11 @@ class _MemoryAttachment(Attachment):
         self._boxes._detach(self, None)
         return succeed(None)
 
+    def holds(self, mail: Mail) -> bool:
+        table = self.group if mail.source == "group" else self.own
+        pending = table.get(mail.id)
+        return pending is not None and pending[0] is mail
+
     def __repr__(self) -> str:
         return (
             f"<MemoryAttachment {self.listener_id!r} in_flight={len(self.own) + len(self.group)}"
@@ -177,6 +182,10 @@ class MemoryMailboxes(Mailboxes):
         # drain loop runs: work found while it runs is done by it, in order.
         self._dirty: dict[_Member | _Group, None] = {}
         self._draining = False
+        # Broadcasts being published, and the published ones waiting to be copied (a
+        # carrier may broadcast from inside the fan-out of another broadcast).
+        self._publishing = 0
+        self._to_copy: list[Message] = []
         self._address = f"memory:{uuid.uuid4().hex}"
 
     def __repr__(self) -> str:
@@ -215,8 +224,9 @@ class MemoryMailboxes(Mailboxes):
         if member is None:
             return fail(UnknownListenerError(self._channel.name, listener_id))
         member.running = False  # nothing more is handed to it from here on
-        if member.attachment is not None:
-            self._detach(member.attachment, "removed")
+        attachment = member.attachment
+        if attachment is not None:
+            self._detach(attachment, None)
         member.queue.clear()  # its own mail given back by the detach: discarded
         self._dirty.pop(member, None)
         if member.group is not None:
@@ -233,6 +243,8 @@ class MemoryMailboxes(Mailboxes):
                 if not group.queue:
                     # Queued group mail waits for the next member; an empty group goes.
                     del self._groups[member.group]
+        if attachment is not None:  # told last: whatever it does sees the listener gone
+            self._tell(attachment, "removed")
         return succeed(None)
 
     def listener_ids(self, group: str | None = None) -> Deferred[list[str]]:
@@ -265,8 +277,10 @@ class MemoryMailboxes(Mailboxes):
             self._wake(member)
         elif member.attachment is not None:
             self._give_back_group_mail(member.attachment)
-        if member.group is not None:
-            self._wake(self._groups[member.group])
+        # (The handlers run above may have removed the group's last members: then it went.)
+        group = self._groups.get(member.group) if member.group is not None else None
+        if group is not None:
+            self._wake(group)
         return succeed(None)
 
     # -- storing -------------------------------------------------------------------------
@@ -324,7 +338,24 @@ class MemoryMailboxes(Mailboxes):
     def put_all(self, event: str, data: Any, data_json: str) -> Deferred[Message]:
         # Memory's _publish has fanned out and fired by the time it returns, so the copies
         # follow the publication at once: one order for the carriers and the mailboxes.
-        return self._channel._publish(event, data, data_json).addCallback(self._copy_to_all)
+        self._publishing += 1
+        try:
+            published = self._channel._publish(event, data, data_json)
+        finally:
+            self._publishing -= 1
+        return published.addCallback(self._copy_in_order)
+
+    def _copy_in_order(self, message: Message) -> Message:
+        """Copy ``message`` now, or, published from inside another broadcast's fan-out,
+        when that one is copied: the mailboxes get broadcasts in the order of offsets."""
+        self._to_copy.append(message)
+        if self._publishing:
+            return message
+        waiting = sorted(self._to_copy, key=lambda m: m.id)
+        self._to_copy.clear()
+        for each in waiting:
+            self._copy_to_all(each)
+        return message
 
     def _copy_to_all(self, message: Message) -> Message:
         members = list(self._members.values())
@@ -356,13 +387,27 @@ class MemoryMailboxes(Mailboxes):
         member = self._members.get(listener_id)
         if member is None:
             return fail(UnknownListenerError(self._channel.name, listener_id))
-        if member.attachment is not None:
-            self._detach(member.attachment, "replaced")
+        # The consumer attached before goes first, its mail back in order. The handlers
+        # that giving group mail back runs may attach another one, or remove the listener.
+        replaced: list[_MemoryAttachment] = []
+        while member.attachment is not None:
+            replaced.append(member.attachment)
+            self._detach(member.attachment, None)
+        if self._members.get(listener_id) is not member:
+            for old in replaced:
+                self._tell(old, "removed")
+            return fail(UnknownListenerError(self._channel.name, listener_id))
         attachment = _MemoryAttachment(self, member, sink, max_in_flight)
         member.attachment = attachment
-        self._wake(member)
-        if member.group is not None:
-            self._wake(self._groups[member.group])
+        for old in replaced:
+            # Told once this one is in place: a sink that attaches (or removes, stops...)
+            # from its detached() acts on the new state, never leaves two attached.
+            self._tell(old, "replaced")
+        if attachment.active:
+            self._wake(member)
+            group = self._groups.get(member.group) if member.group is not None else None
+            if group is not None:
+                self._wake(group)
         return succeed(attachment)
 
     def _detach(self, attachment: _MemoryAttachment, reason: str | None) -> None:
@@ -378,16 +423,20 @@ class MemoryMailboxes(Mailboxes):
         attachment.own.clear()
         self._give_back_group_mail(attachment)
         if reason is not None:
-            try:
-                attachment.sink.detached(reason)
-            except Exception:
-                _log.failure(
-                    "channel {channel}: the consumer {sink!r} of listener {listener} failed "
-                    "on detached({reason!r})",
-                    channel=self._channel.name, sink=attachment.sink, listener=member.id,
-                    reason=reason,
-                )
+            self._tell(attachment, reason)
         self._wake(member)
+
+    def _tell(self, attachment: _MemoryAttachment, reason: str) -> None:
+        """``sink.detached(reason)``, once its attachment has ended; a failure is logged."""
+        try:
+            attachment.sink.detached(reason)
+        except Exception:
+            _log.failure(
+                "channel {channel}: the consumer {sink!r} of listener {listener} failed "
+                "on detached({reason!r})",
+                channel=self._channel.name, sink=attachment.sink,
+                listener=attachment.listener_id, reason=reason,
+            )
 
     def _give_back_group_mail(self, attachment: _MemoryAttachment) -> None:
         if not attachment.group:
@@ -585,5 +634,7 @@ class MemoryMailboxes(Mailboxes):
         for attachment in attachments:  # first: mail given back goes to none of them
             attachment.member.attachment = None
         for attachment in attachments:
-            self._detach(attachment, "closed")
+            self._detach(attachment, None)
+        for attachment in attachments:  # then told: a sink that attaches again gets its
+            self._tell(attachment, "closed")  # mail in order, redelivered first
         return succeed(None)
