@@ -173,8 +173,11 @@ def test_data_is_stored_as_json_or_refused(data: Any) -> None:
     outcome(channel.dispatch_group("g", "e", data))
     assert [m.data_json for m in got] == [expected] * 4
     decoded = json.loads(expected)
-    for mail in got:  # what its JSON says, whatever was sent (tuples, int keys)
+    dispatched, copy_b, copy_a, grouped = got
+    for mail in (copy_b, copy_a):  # what its JSON says, whatever was sent (tuples, int keys)
         assert mail.data == decoded
+    # A first delivery to one recipient gets the sender's object, as publish's carriers do.
+    assert dispatched.data is data and grouped.data is data
 
 
 def test_request_round_trips_data() -> None:
@@ -464,7 +467,7 @@ class MailboxMachine(RuleBasedStateMachine):
             # when the tail is not one already).
             missed = sum(1 for e in member.queue if e.source == "missed")
             if attachment is not None:
-                missed += sum(1 for _, e in attachment.own.values() if e.source == "missed")
+                missed += sum(1 for m, _ in attachment.own.values() if m.source == "missed")
             assert len(member.queue) + own <= member.mailbox_size + missed
             # New notices coalesce (one given back may sit next to a newer one).
             fresh = [e.source == "missed" and not e.deliveries for e in member.queue]

@@ -378,6 +378,15 @@ class Consumer:
         except Exception:
             settled = self._failed(Failure(), mail)
         else:
+            if result is None:  # the common case: done (the checks below, in short)
+                self.processed += 1
+                if not self._auto_ack:
+                    return
+                settled = mail.ack()
+                if settled.called and not isinstance(settled.result, Failure):
+                    return
+                settled.addErrback(self._bug, mail)
+                return
             if is_pending(result):
                 handled = as_deferred(result)
                 handled.addCallbacks(
@@ -412,6 +421,7 @@ class Consumer:
             "(delivery {deliveries} of at most {max_deliveries})",
             failure, channel=listener.channel.name, listener=listener.id, mail=mail,
             deliveries=mail.deliveries, max_deliveries=self._max_deliveries,
+            level=LogLevel.error,
         )
         attachment = mail._attachment
         if attachment is None:

@@ -70,7 +70,9 @@ class Mail:
     :ivar listener: the id of the listener it was delivered to.
     :ivar channel: the channel's name.
     :ivar event: the message type (the event name).
-    :ivar data: the JSON-compatible payload (decoded from ``data_json``).
+    :ivar data: the JSON-compatible payload: decoded from ``data_json``, except that in
+        memory the first delivery of a dispatched or group mail is the sender's own object
+        (as ``publish`` gives in-process carriers).
     :ivar data_json: ``data`` as compact JSON, encoded once when it was dispatched.
     :ivar deliveries: 1 the first time; more when it is redelivered (at-least-once).
     :ivar source: ``"dispatch"``, ``"group"``, ``"broadcast"`` or ``"missed"``.

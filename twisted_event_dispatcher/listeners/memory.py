@@ -7,6 +7,10 @@ Delivery to consumers is synchronous too, through one drain loop per channel: a 
 that dispatches, acknowledges or attaches from inside its own handler only marks work to
 do, which the loop already running does next, so mail is never delivered out of order or
 re-entrantly. Only ack deadlines use the channel's clock.
+
+A mail's ``data``: the first delivery of a dispatched or group mail (one recipient) is the
+sender's own object, as :meth:`~..channels.base.Channel.publish` gives in-process carriers;
+broadcast copies and redeliveries are decoded from the stored JSON, as from Redis.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ _log = Logger(namespace="twisted_event_dispatcher.listeners")
 
 #: Data delivered as it was given: immutable, and equal to its JSON decoded.
 _IMMUTABLE_JSON = frozenset({type(None), bool, int, float, str})
+#: Sources whose first delivery has one recipient: it gets the sender's own object.
+_SENDER_DATA = frozenset({"dispatch", "group"})
 
 
 class _Entry:
@@ -129,7 +135,7 @@ class _MemoryAttachment(Attachment):
         self.max_in_flight = max_in_flight
         self.active = True
         #: Own mail in flight, by mail id, in delivery order.
-        self.own: dict[str, tuple[Mail, _Entry]] = {}
+        self.own: dict[str, tuple[Mail, _Entry | None]] = {}
         #: Group mail in flight, with its ack deadline.
         self.group: dict[str, tuple[Mail, _Entry, IDelayedCall]] = {}
         self._boxes = boxes
@@ -154,6 +160,18 @@ class _MemoryAttachment(Attachment):
             f"<MemoryAttachment {self.listener_id!r} in_flight={len(self.own) + len(self.group)}"
             f"/{self.max_in_flight}{'' if self.active else ' detached'}>"
         )
+
+
+def _entry_of(mail: Mail) -> _Entry:
+    """The entry of a dispatched mail handed over without one (see ``put``), to requeue."""
+    entry = _Entry(
+        int(mail.id), mail.event, mail.data, mail.data_json, mail.source,
+        reply_to=mail.reply_to, correlation=mail.correlation,
+    )
+    if type(mail.data) not in _IMMUTABLE_JSON:  # (its handler may have changed it)
+        entry.data = json.loads(mail.data_json)
+    entry.deliveries = mail.deliveries
+    return entry
 
 
 def _insert_in_order(queue: deque[_Entry], entry: _Entry) -> None:
@@ -301,16 +319,46 @@ class MemoryMailboxes(Mailboxes):
         member = self._members.get(listener_id)
         if member is None:
             return fail(UnknownListenerError(self._channel.name, listener_id))
-        if member.is_full():
-            return fail(MailboxFullError(self._channel.name, listener_id, member.mailbox_size))
-        entry = _Entry(
-            self._next_seq(), event, data, data_json, "dispatch",
+        attachment = member.attachment
+        queue = member.queue
+        if (
+            self._draining or queue or attachment is None or not member.running
+            or len(attachment.own) + len(attachment.group) >= attachment.max_in_flight
+            or len(attachment.own) >= member.mailbox_size
+        ):
+            if member.is_full():
+                return fail(
+                    MailboxFullError(self._channel.name, listener_id, member.mailbox_size)
+                )
+            entry = _Entry(
+                self._next_seq(), event, data, data_json, "dispatch",
+                reply_to=reply_to, correlation=correlation,
+            )
+            queue.append(entry)
+            if member.can_take():
+                self._wake(member)
+            return succeed(entry.id)
+        # The common case, inlined (the first step of _wake, _pump_own and _mail): nothing
+        # waits before it and no drain loop runs, so it is handed over now, with the
+        # sender's data (its first delivery); its _Entry is made only if it goes back.
+        self._seq += 1
+        mail_id = str(self._seq)
+        mail = Mail(
+            mail_id, member.id, self._channel.name, event, data, data_json,
             reply_to=reply_to, correlation=correlation,
         )
-        member.queue.append(entry)
-        if member.can_take():
-            self._wake(member)
-        return succeed(entry.id)
+        mail._attachment = attachment
+        attachment.own[mail_id] = (mail, None)
+        self._draining = True
+        try:
+            self._hand(attachment, mail)
+            if member.queue:
+                self._pump_own(member)
+            if self._dirty:
+                self._drain()
+        finally:
+            self._draining = False
+        return succeed(mail_id)
 
     def put_group(
         self,
@@ -418,8 +466,8 @@ class MemoryMailboxes(Mailboxes):
         member = attachment.member
         if member.attachment is attachment:
             member.attachment = None
-        for _, entry in attachment.own.values():
-            _insert_in_order(member.queue, entry)
+        for mail, entry in attachment.own.values():
+            _insert_in_order(member.queue, entry or _entry_of(mail))
         attachment.own.clear()
         self._give_back_group_mail(attachment)
         if reason is not None:
@@ -470,7 +518,7 @@ class MemoryMailboxes(Mailboxes):
                 return False
             del attachment.own[mail.id]
             if release:
-                _insert_in_order(member.queue, owned[1])
+                _insert_in_order(member.queue, owned[1] or _entry_of(mail))
             if member.group is not None and self._groups[member.group].queue:
                 self._wake(self._groups[member.group])
         if member.queue:  # a free slot: the next mail, if any
@@ -506,16 +554,20 @@ class MemoryMailboxes(Mailboxes):
                 self._pump_own(target)
             else:
                 self._pump_group(target)
-            dirty = self._dirty
-            while dirty:
-                item = next(iter(dirty))
-                del dirty[item]
-                if isinstance(item, _Member):
-                    self._pump_own(item)
-                else:
-                    self._pump_group(item)
+            self._drain()
         finally:
             self._draining = False
+
+    def _drain(self) -> None:
+        """Hand out the mail of the members and groups marked while the loop ran."""
+        dirty = self._dirty
+        while dirty:
+            item = next(iter(dirty))
+            del dirty[item]
+            if isinstance(item, _Member):
+                self._pump_own(item)
+            else:
+                self._pump_group(item)
 
     def _pump_own(self, member: _Member) -> None:
         queue = member.queue
@@ -583,10 +635,14 @@ class MemoryMailboxes(Mailboxes):
     def _mail(self, attachment: _MemoryAttachment, entry: _Entry) -> Mail:
         entry.deliveries += 1
         data = entry.data
-        if type(data) not in _IMMUTABLE_JSON:
-            # Decoded per delivery, as from Redis: the data is what its JSON says (tuples
-            # are lists, keys are strings), and a handler that changes it changes neither
-            # another listener's copy of a broadcast nor the mail it may get again.
+        if type(data) not in _IMMUTABLE_JSON and (
+            entry.deliveries > 1 or entry.source not in _SENDER_DATA
+        ):
+            # The first delivery of a dispatched or group mail has one recipient: it gets
+            # the sender's own object, as publish gives in-process carriers. Broadcast
+            # copies and redeliveries are decoded, as from Redis: the data is what its JSON
+            # says (tuples are lists, keys are strings), and a handler that changes it
+            # changes neither another listener's copy nor the mail it may get again.
             data = json.loads(entry.data_json)
         mail = Mail(
             entry.id, attachment.listener_id, self._channel.name, entry.event, data,
