@@ -7,6 +7,7 @@ mid-message), Redis restarted under a consumer, and entries written by another p
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,21 +15,22 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 
 from tests._listener_proc import spawn_listener
 from tests._listeners import WAIT, ChannelFactory, Inbox, ListenerContract, unique
 from tests._log import LogCapture
 from tests._redis import RedisServer, until
-from twisted_event_dispatcher.channels._redis_connect import open_connection
+from twisted_event_dispatcher.channels._redis_connect import open_connection, wait_connected
 from twisted_event_dispatcher.channels.base import Channel
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 from twisted_event_dispatcher.errors import (
     ChannelUnavailableError,
+    EventDispatcherError,
     RemoteActionError,
     UnknownListenerError,
 )
-from twisted_event_dispatcher.listeners import Listener, Mail
+from twisted_event_dispatcher.listeners import Listener, Mail, _redis_mailboxes
 from twisted_event_dispatcher.listeners._redis_mailboxes import RedisMailboxes
 
 
@@ -401,3 +403,485 @@ async def test_entries_written_by_another_program_are_skipped(
         assert boxes._replies.skipped == 2
     finally:
         await raw.disconnect()
+
+
+# -- an operator, another program, a hung Redis ------------------------------------------
+
+
+async def raw_connection(channel: RedisStreamChannel) -> Any:
+    """A connection of the test's own to the channel's Redis (another program's)."""
+    raw = open_connection(channel.url, 0.2, 1.0)
+    await wait_connected(raw, channel.url, WAIT, reactor)
+    return raw
+
+
+async def client_count(raw: Any, expected: int | None = None) -> int:
+    """
+    The connections Redis has open (``CLIENT LIST``), this one included; with
+    ``expected``, once it is that many (closing takes Redis a moment), or after WAIT.
+    """
+    for _ in range(int(WAIT / 0.02)):
+        clients = await raw.execute_command("CLIENT", "LIST")
+        count = len([line for line in clients.splitlines() if line.strip()])
+        if expected is None or count == expected:
+            break
+        await deferLater(reactor, 0.02, lambda: None)
+    return count
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_skips_listeners_whose_keys_another_program_broke(
+    make_redis_channel: ChannelFactory, log: LogCapture
+) -> None:
+    channel = await make_redis_channel()
+    assert isinstance(channel, RedisStreamChannel)
+    boxes = channel.mailboxes
+    assert isinstance(boxes, RedisMailboxes)
+    inboxes = {name: Inbox() for name in "abcd"}
+    for name, inbox in inboxes.items():
+        await (await channel.add_listener(name)).consume(inbox)
+    raw = await raw_connection(channel)
+    try:
+        # An operator deletes b's mailbox (to free memory); another program writes a
+        # string where c's mailbox is, and a list where d's record is.
+        await raw.execute_command("DEL", boxes.keys.mailbox("b"))
+        await raw.execute_command("DEL", boxes.keys.mailbox("c"))
+        await raw.execute_command("SET", boxes.keys.mailbox("c"), "garbage")
+        await raw.execute_command("DEL", f"{boxes.keys.root}:l:d")
+        await raw.execute_command("RPUSH", f"{boxes.keys.root}:l:d", "garbage")
+        # Never a failure that stored something: each call succeeds once, or changes nothing.
+        messages = [await channel.broadcast("news", n) for n in range(2)]
+        assert [m.id for m in messages] == [1, 2]
+        assert await raw.execute_command("XLEN", channel._stream) == 2
+        assert await channel.dispatch("b", "own", "b") is not None
+        with pytest.raises(ChannelUnavailableError, match="'c'"):
+            await channel.dispatch("c", "own", "c")
+        with pytest.raises(ChannelUnavailableError):
+            await channel.dispatch("d", "own", "d")
+        await until(lambda: len(inboxes["b"].mails) == 3)
+        assert inboxes["a"].data == [0, 1]
+        assert inboxes["b"].data == [0, 1, "b"]
+        assert {m.deliveries for m in inboxes["b"].mails} == {1}
+        assert await raw.execute_command("GET", boxes.keys.mailbox("c")) == "garbage"
+        assert inboxes["c"].mails == inboxes["d"].mails == []
+        skipped = [e for e in log.events if "skipped listener" in e.get("log_format", "")]
+        assert len(skipped) == 1 and skipped[0]["ids"] == ["c", "d"]  # said once
+        assert not log.failures()
+    finally:
+        await raw.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_attach_that_timed_out_while_redis_hung_replaces_no_consumer(
+    redis: RedisServer, make_redis_channel: ChannelFactory, log: LogCapture
+) -> None:
+    working = await make_redis_channel()
+    # The same channel in another process, which gives up sooner.
+    hasty = RedisStreamChannel(working.name, url=redis.url, block=200, reply_timeout=0.5)
+    await hasty.connect()
+    try:
+        listener = await working.add_listener("a")
+        inbox = Inbox()
+        consumer = await listener.consume(inbox)
+        redis.signal("STOP")
+        try:
+            started = reactor.seconds()
+            with pytest.raises(ChannelUnavailableError, match="within 0.5 s"):
+                await hasty.listener("a").consume(Inbox())
+            assert reactor.seconds() - started < 1.0
+        finally:
+            redis.signal("CONT")
+        # The attach reached Redis after its deadline: refused there, so the working
+        # consumer was not replaced by one that no longer exists.
+        await working.dispatch("a", "e", "after")
+        await until(lambda: inbox.data == ["after"], limit=5)
+        assert not consumer.done.called
+        await until_info(listener, in_flight=0, attached=True)
+    finally:
+        await hasty.disconnect()
+    gc.collect()  # an unhandled error in a Deferred is logged when it is collected
+    assert not log.failures()
+
+
+@pytest_twisted.ensureDeferred
+async def test_acknowledgements_lost_while_redis_is_down_are_one_warning_not_tracebacks(
+    redis: RedisServer, make_redis_channel: ChannelFactory, log: LogCapture
+) -> None:
+    channel = await make_redis_channel()
+    listener = await channel.add_listener("a")
+    held = Inbox(hold=True)
+    await listener.consume(held, max_in_flight=10)
+    for n in range(10):
+        await channel.dispatch("a", "e", n)
+    await held.wait(10)
+    await redis.kill()
+    for finished in held.held:
+        finished.callback(None)  # each acknowledgement fails: Redis is away
+    said = "could not {operation} mail"
+    await until(lambda: any(said in e.get("log_format", "") for e in log.events))
+    await redis.start()
+    await until(lambda: len(held.mails) == 20)  # delivered again, counted
+    assert [(m.data, m.deliveries) for m in held.mails[10:]] == [(n, 2) for n in range(10)]
+    assert not log.failures()
+    assert len([e for e in log.events if said in e.get("log_format", "")]) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_on_a_disconnected_channel_opens_no_connection(
+    redis: RedisServer, make_redis_channel: ChannelFactory
+) -> None:
+    channel = await make_redis_channel()
+    assert isinstance(channel, RedisStreamChannel)
+    await channel.add_listener("a")
+    raw = await raw_connection(channel)
+    try:
+        connected = await client_count(raw)
+        await channel.disconnect()
+        assert await client_count(raw, connected - 2) == connected - 2  # the channel's gone
+        with pytest.raises(ChannelUnavailableError, match="disconnected"):
+            await channel.request("a", "e", 1, timeout=WAIT)
+        await deferLater(reactor, 0.3, lambda: None)  # (a connection would be made by now)
+        assert await client_count(raw) == connected - 2
+    finally:
+        await raw.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_own_mail_pushed_to_a_consumer_as_it_detaches_keeps_its_delivery_count(
+    make_redis_channel: ChannelFactory,
+) -> None:
+    channel = await make_redis_channel()
+    listener = await channel.add_listener("a")
+    first = await listener.consume(Inbox(hold=True))
+    # Dispatched, and read for the consumer into its control stream, as it detaches: it
+    # never reached a handler.
+    dispatched = channel.dispatch("a", "e", "pushed")
+    await first.stop()
+    await dispatched
+    inbox = Inbox()
+    await listener.consume(inbox)
+    (mail,) = await inbox.wait(1)
+    assert (mail.data, mail.deliveries) == ("pushed", 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_of_a_group_another_program_overwrote_break_nothing_else(
+    make_redis_channel: ChannelFactory, log: LogCapture
+) -> None:
+    channel = await make_redis_channel()
+    assert isinstance(channel, RedisStreamChannel)
+    boxes = channel.mailboxes
+    assert isinstance(boxes, RedisMailboxes)
+    a = await channel.add_listener("a", group="g")
+    b = await channel.add_listener("b", group="g")
+    await channel.add_listener("c", group="g")
+    held, inbox = Inbox(hold=True), Inbox()
+    await a.consume(held)
+    await b.stop()
+    await b.consume(inbox)
+    sent = await channel.dispatch_group("g", "job", 1)
+    await held.wait(1)
+    await b.start()
+    raw = await raw_connection(channel)
+    try:
+        # Another program writes a string where member c's record is.
+        await raw.execute_command("DEL", f"{boxes.keys.root}:l:c")
+        await raw.execute_command("SET", f"{boxes.keys.root}:l:c", "garbage")
+        await a.stop()  # gives its mail back to the group: to b, woken (c is skipped)
+        (mail,) = await inbox.wait(1)
+        assert (mail.id, mail.deliveries) == (sent, 2)
+        with pytest.raises(ChannelUnavailableError, match="record of listener c"):
+            await channel.listener("c").info()
+        await channel.remove_listener("c")  # what is left of it can be removed
+        assert await channel.listener_ids() == ["a", "b"]
+        # ...and a hash where the group's queue is: group mail is refused (nothing
+        # stored), own mail still flows, and the consumer says why once.
+        await raw.execute_command("DEL", boxes.keys.group("g"))
+        await raw.execute_command("HSET", boxes.keys.group("g"), "x", "y")
+        with pytest.raises(ChannelUnavailableError, match="queue of group 'g' is a hash"):
+            await channel.dispatch_group("g", "job", 2)
+        await channel.dispatch("b", "own", 3)
+        await until(lambda: inbox.data == [1, 3], limit=2)
+        await until(lambda: any("overwrote" in e.get("log_format", "") for e in log.events))
+        assert not log.failures()
+    finally:
+        await raw.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reply_that_came_while_this_process_was_busy_is_not_a_failure(
+    redis: RedisServer,
+) -> None:
+    clock = Clock()  # the channel's timers; Redis and the sockets are real
+    channel = RedisStreamChannel(
+        unique("redis-listeners"), url=redis.url, block=200, reply_timeout=0.5, clock=clock
+    )
+    await channel.connect()
+    raw = await raw_connection(channel)
+    try:
+        listener = await channel.add_listener("a")
+        boxes = channel.mailboxes
+        assert isinstance(boxes, RedisMailboxes)
+        socket = channel._writer._factory.pool[0].transport
+        socket.pauseProducing()  # this process is busy (a handler blocks the reactor)...
+        dispatched = channel.dispatch("a", "e", 1)
+        clock.advance(0)  # (the batch goes out at the end of the reactor turn)
+        mailbox = boxes.keys.mailbox("a")
+        for _ in range(int(WAIT / 0.01)):
+            if await raw.execute_command("XLEN", mailbox) == 1:
+                break  # ...while Redis stores the mail and answers
+            await deferLater(reactor, 0.01, lambda: None)
+        clock.advance(0.5)  # busy past the reply timeout: its timer comes first
+        socket.resumeProducing()
+        await until(lambda: dispatched.called)  # the answer, read before giving up
+        clock.advance(0.01)
+        assert isinstance(await dispatched, str)  # it happened: not reported as failed
+        assert (await listener.info()).queued == 1
+    finally:
+        await raw.disconnect()
+        await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_entries_of_another_program_do_not_hold_up_the_mail_behind_them(
+    make_redis_channel: ChannelFactory, log: LogCapture
+) -> None:
+    channel = await make_redis_channel()
+    assert isinstance(channel, RedisStreamChannel)
+    boxes = channel.mailboxes
+    assert isinstance(boxes, RedisMailboxes)
+    listener = await channel.add_listener("a")
+    raw = await raw_connection(channel)
+    try:
+        for n in range(200):
+            await raw.execute_command("XADD", boxes.keys.mailbox("a"), "*", "junk", str(n))
+    finally:
+        await raw.disconnect()
+    await channel.dispatch("a", "e", "real")
+    inbox = Inbox()
+    await listener.consume(inbox)  # one slot: one entry at a time
+    await until(lambda: inbox.data == ["real"], limit=4)
+    assert boxes.skipped == 200  # each skipped (and logged) once
+    assert len([e for e in log.events if "not mail" in e.get("log_format", "")]) == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_attaching_as_its_channel_disconnects_ends_and_leaks_nothing(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = RedisStreamChannel(unique("redis-listeners"), url=redis.url, block=200)
+    await channel.connect()
+    raw = await raw_connection(channel)
+    try:
+        listener = await channel.add_listener("a")
+        before = await client_count(raw)
+        # The consumer's own connection is slow to come (Redis busy, a slow network).
+        reached: Deferred[None] = Deferred()
+        gate: Deferred[None] = Deferred()
+        connect = wait_connected
+
+        async def slowly(*args: Any) -> None:
+            reached.callback(None)
+            await gate
+            await connect(*args)
+
+        monkeypatch.setattr(_redis_mailboxes, "wait_connected", slowly)
+        consuming = listener.consume(Inbox())
+        await reached  # attached in Redis; its connection on its way
+        await channel.disconnect()
+        gate.callback(None)
+        with pytest.raises(ChannelUnavailableError, match="disconnected"):
+            await consuming
+        assert not channel.mailboxes._attachments  # type: ignore[attr-defined]
+        # The channel's two closed, and no reader left.
+        assert await client_count(raw, before - 2) == before - 2
+        root = channel.mailboxes.keys.root  # type: ignore[attr-defined]
+        assert await raw.execute_command("EXISTS", f"{root}:a:a") == 0  # told Redis
+    finally:
+        await raw.disconnect()
+        await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_consumer_of_a_listener_removed_and_added_again_ends_removed(
+    redis: RedisServer, make_redis_channel: ChannelFactory
+) -> None:
+    channel = await make_redis_channel()
+    other = RedisStreamChannel(channel.name, url=redis.url, block=200)  # another process
+    await other.connect()
+    try:
+        listener = await channel.add_listener("a")
+        consumer = await listener.consume(Inbox())
+        removed, added = other.remove_listener("a"), other.add_listener("a")
+        await removed
+        await added
+        assert await consumer.done.addTimeout(WAIT, reactor) == "removed"
+        assert not (await other.listener("a").info()).attached
+    finally:
+        await other.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumers_and_requests_release_their_connections(
+    redis: RedisServer, log: LogCapture
+) -> None:
+    channel = RedisStreamChannel(unique("redis-listeners"), url=redis.url, block=200)
+    await channel.connect()
+    raw = await raw_connection(channel)
+    try:
+        listener = await channel.add_listener("a")
+        listener.set_action("echo", lambda mail: mail.data)
+        base = await client_count(raw)  # this test's, and the channel's two
+        for _ in range(5):
+            with pytest.raises(UnknownListenerError):
+                await channel.listener("ghost").consume(Inbox())
+            await (await listener.consume(Inbox())).stop()
+        replaced = [await listener.consume(Inbox()) for _ in range(3)]
+        assert [c.done.called for c in replaced] == [True, True, False]
+        stream = listener.messages()
+        await until(lambda: replaced[2].done.called)
+        await stream.close()
+        await listener.serve()
+        assert await channel.request("a", "echo", 1, timeout=WAIT) == 1
+        # The consumer's and the reply reader's; the others' closed.
+        assert await client_count(raw, base + 2) == base + 2
+        await channel.disconnect()
+        assert await client_count(raw, base - 2) == base - 2  # only this test's left
+        gc.collect()
+        assert not log.failures()
+    finally:
+        await raw.disconnect()
+        await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_of_two_consumers_attached_at_once_the_last_called_wins(
+    make_redis_channel: ChannelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    channel = await make_redis_channel()
+    listener = await channel.add_listener("a")
+    # The first consumer's connection comes last (connections race).
+    gate: Deferred[None] = Deferred()
+    calls = 0
+
+    async def racing(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate
+        await wait_connected(*args)
+
+    monkeypatch.setattr(_redis_mailboxes, "wait_connected", racing)
+    first, second = Inbox(), Inbox()
+    attaching = listener.consume(first)
+    last = await listener.consume(second)
+    gate.callback(None)
+    earlier = await attaching
+    assert await earlier.done.addTimeout(WAIT, reactor) == "replaced"
+    assert not last.done.called
+    await channel.dispatch("a", "e", 1)
+    await second.wait(1)
+    assert first.mails == [] and (await listener.info()).attached
+
+
+@pytest_twisted.ensureDeferred
+async def test_late_group_mail_is_found_within_a_quarter_of_its_ack_timeout(
+    redis: RedisServer,
+) -> None:
+    # Readers idle 2 s between looks (block); the ack deadline is 0.4 s.
+    channel = RedisStreamChannel(unique("redis-listeners"), url=redis.url, block=2000)
+    await channel.connect()
+    try:
+        slow = await channel.add_listener("slow", group="g", ack_timeout=0.4)
+        quick = await channel.add_listener("quick", group="g", ack_timeout=0.4)
+        await quick.stop()
+        held, taker = Inbox(hold=True), Inbox()
+        await slow.consume(held)
+        await quick.consume(taker)
+        await slow.stop()
+        await slow.start()  # (both readers have just looked)
+        sent = await channel.dispatch_group("g", "job", 1)
+        await held.wait(1)
+        taken_at = reactor.seconds()
+        await quick.start()
+        await until(lambda: bool(taker.mails), limit=3)
+        assert taker.mails[0].id == sent
+        assert 0.35 <= reactor.seconds() - taken_at <= 0.4 + 0.1 + 0.3
+    finally:
+        await channel.disconnect()
+
+
+#: What another program may leave where a listener key is (``<root>:<key>``): a value of
+#: the wrong type, or a stream without our consumer group.
+WRONG_VALUES: list[tuple[str, ...]] = [("SET", "garbage"), ("XADD", "*", "x", "y")]
+WRONG_KEYS = ["L", "l:x", "mb:x", "g:g", "m:g", "a:x", "seq", "c:<token of x>", "mb:ok"]
+
+
+async def calls_on_a_broken_key(
+    redis: RedisServer, target: str, command: str, *arguments: str
+) -> list[str]:
+    """
+    Every listener call, on a channel where another program overwrote ``<root>:<target>``;
+    the calls that failed other than with an error of this library.
+    """
+    problems = []
+    channel = RedisStreamChannel(unique("redis-listeners"), url=redis.url, block=200)
+    await channel.connect()
+    raw = await raw_connection(channel)
+    try:
+        ok = await channel.add_listener("ok", group="h")
+        x = await channel.add_listener("x", group="g")
+        await channel.add_listener("y", group="g")
+        inbox = Inbox()
+        await ok.consume(inbox)
+        await x.consume(Inbox())
+        boxes = channel.mailboxes
+        assert isinstance(boxes, RedisMailboxes)
+        token = boxes._attachments["x"].token
+        key = f"{boxes.keys.root}:{target.replace('<token of x>', token)}"
+        await raw.execute_command("DEL", key)
+        await raw.execute_command(command, key, *arguments)
+        calls: list[tuple[str, Callable[[], Deferred[Any]]]] = [
+            ("dispatch ok", lambda: channel.dispatch("ok", "e", 1)),
+            ("dispatch x", lambda: channel.dispatch("x", "e", 1)),
+            ("dispatch_group g", lambda: channel.dispatch_group("g", "e", 2)),
+            ("dispatch_group h", lambda: channel.dispatch_group("h", "e", 2)),
+            ("broadcast", lambda: channel.broadcast("b", 3)),
+            ("stop", lambda: x.stop()),
+            ("start", lambda: x.start()),
+            ("info", lambda: x.info()),
+            ("listener_ids", lambda: channel.listener_ids()),
+            ("listener_ids g", lambda: channel.listener_ids("g")),
+            ("add_listener", lambda: channel.add_listener("z", group="g")),
+            ("remove_listener", lambda: channel.remove_listener("y")),
+            ("consume", lambda: channel.listener("x").consume(Inbox())),
+        ]
+        for name, call in calls:
+            try:
+                await call()
+            except EventDispatcherError:
+                pass  # (ChannelUnavailableError: this key is broken)
+            except Exception as e:
+                problems.append(f"{name}: {e!r:.100}")
+        if target not in ("L", "mb:ok"):  # a sound listener notices nothing
+            await until(lambda: len(inbox.mails) == 3)
+            assert sorted(inbox.data) == [1, 2, 3]
+    finally:
+        await raw.disconnect()
+        await channel.disconnect()
+    return problems
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_call_fails_half_way_on_keys_another_program_overwrote(
+    redis: RedisServer, log: LogCapture
+) -> None:
+    problems = {}
+    for target in WRONG_KEYS:
+        for command, *arguments in WRONG_VALUES:
+            found = await calls_on_a_broken_key(redis, target, command, *arguments)
+            found += [f"logged: {failure}"[:100] for failure in log.failures()]
+            log.events.clear()
+            if found:
+                problems[f"{target} {command}"] = found
+    assert problems == {}

@@ -12,7 +12,11 @@ mail given back, own mail released), after which the reader runs the ``TAKE`` sc
 :mod:`._redis_take`), atomically with the checks that it is still the listener's consumer
 and running: a stopped or replaced consumer never takes own mail. ``TAKE`` also runs
 after a reconnect and at least every ``block`` ms (renewing the lease, looking for group
-mail past its ack deadline).
+mail past its ack deadline; a running group member every quarter of its ack timeout, if
+sooner, but not more often than every :data:`MIN_INTERVAL` s).
+
+Acknowledgements and give-backs that fail because Redis is away fire False (the mail is
+no longer this consumer's: it is delivered again) and are logged once per outage.
 
 Mail read together with a wake-up is not handed over: the state may have changed
 (stopped?); ``TAKE`` decides (hands it over, or gives group mail back uncounted). So is
@@ -31,7 +35,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txredisapi import RedisError
 
+from ..errors import ChannelUnavailableError
 from ._backend import Attachment, MailSink
+from ._redis_commands import disconnect
 from ._redis_entries import parse_mail
 from ._redis_scripts import DETACH
 from ._redis_take import TAKE
@@ -40,7 +46,10 @@ from .mail import Mail
 if TYPE_CHECKING:
     from ._redis_mailboxes import RedisMailboxes
 
-__all__ = ["RedisAttachment"]
+__all__ = ["MIN_INTERVAL", "RedisAttachment"]
+
+#: Shortest interval between two looks for group mail past its ack deadline (seconds).
+MIN_INTERVAL = 0.05
 
 _log = Logger(namespace="twisted_event_dispatcher.listeners.redis")
 
@@ -56,8 +65,11 @@ class RedisAttachment(Attachment):
         max_in_flight: int,
         token: str,
         connection: Any,
+        incarnation: str = "",
     ) -> None:
         self.listener_id = listener_id
+        #: The listener's registration number when this consumer attached.
+        self.incarnation = incarnation
         self.sink = sink
         self.max_in_flight = max_in_flight
         self.token = token
@@ -82,6 +94,10 @@ class RedisAttachment(Attachment):
         self._late_checked_at = 0.0
         self._wakeup: Deferred[None] | None = None
         self._down = False
+        #: Mail not settled since Redis was last reached (one warning per outage).
+        self._unsettled = 0
+        #: What another program overwrote, as TAKE last reported it (logged when it changes).
+        self._broken: list[str] = []
 
     def __repr__(self) -> str:
         state = "" if self.active else " detached"
@@ -119,6 +135,7 @@ class RedisAttachment(Attachment):
         def settled(result: str) -> bool:
             if table.get(mail.id) is mail:
                 del table[mail.id]
+            self._unsettled = 0
             self._poke()
             return result == "1"
 
@@ -130,7 +147,20 @@ class RedisAttachment(Attachment):
                 return False  # detached meanwhile (closed): the next consumer gets it
             self._need_take = True
             self._poke()
-            return failure
+            if not failure.check(ChannelUnavailableError):
+                return failure
+            # Redis away or hung: no longer this consumer's mail (it comes again), which
+            # is what False says; one warning per outage, not a traceback per mail.
+            if not self._unsettled:
+                _log.warn(
+                    "channel {channel}: listener {listener} could not {operation} mail ({error})"
+                    "; unsettled mail is delivered again",
+                    channel=self._boxes.channel.name, listener=self.listener_id,
+                    operation="acknowledge" if operation == "ack" else "give back",
+                    error=failure.getErrorMessage(),
+                )
+            self._unsettled += 1
+            return False
 
         return answer.addCallbacks(settled, failed)
 
@@ -151,7 +181,7 @@ class RedisAttachment(Attachment):
         boxes.forget(self)
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.disconnect().addErrback(lambda _: None)
+            disconnect(connection)
         self._poke()
         if reason is not None:
             try:
@@ -211,7 +241,7 @@ class RedisAttachment(Attachment):
                     boxes.keys.group(self._group_name or "") if group
                     else boxes.keys.mailbox(self.listener_id)
                 )
-                boxes.discard(key, entry_id, mail)
+                boxes.discard(key, entry_id, mail, self._connection)
                 continue
             if not self.active:
                 return
@@ -272,9 +302,20 @@ class RedisAttachment(Attachment):
                 await deferLater(channel.clock, delay * (0.5 + random.random()), lambda: None)
                 delay = min(delay * 2, channel.RECONNECT_MAX)
 
+    def _interval(self) -> float:
+        """
+        Seconds between two ``TAKE`` runs of an idle reader: ``block``; for a running group
+        member at most a quarter of its ack timeout (not below :data:`MIN_INTERVAL`), so
+        that group mail past its deadline is found within that much.
+        """
+        every = self._boxes.channel.block / 1000
+        if self._running and self._group_name is not None:
+            every = min(every, max(self._ack_timeout / 4, MIN_INTERVAL))
+        return every
+
     async def _step(self) -> None:
         channel = self._boxes.channel
-        every = channel.block / 1000
+        every = self._interval()
         writer = channel._writer
         if writer is None or not writer._factory.size:
             # Acknowledgements go through the channel's connection: while it is down,
@@ -303,7 +344,8 @@ class RedisAttachment(Attachment):
         try:
             reply = await self._connection.execute_command(
                 "XREADGROUP", "GROUP", "g", self.listener_id, "COUNT", str(count),
-                "BLOCK", str(channel.block), "STREAMS", *streams, *(">" for _ in streams),
+                "BLOCK", str(max(int(every * 1000), 1)), "STREAMS", *streams,
+                *(">" for _ in streams),
             )
         finally:
             self._reserved = 0
@@ -350,14 +392,12 @@ class RedisAttachment(Attachment):
         boxes = self._boxes
         channel = boxes.channel
         now = channel.clock.seconds()
-        late = (
-            self._group_name is not None
-            and now - self._late_checked_at >= min(self._ack_timeout / 4, channel.block / 1000)
-        )
+        late = self._group_name is not None and now - self._late_checked_at >= self._interval()
         lists = (list(self._own), self._unread_own, list(self._group), self._unread_group)
         arguments = [
             boxes.keys.root, self.listener_id, self.token, str(boxes.lease_ms),
             str(max(self.max_in_flight - self._in_flight(), 0)), "1" if late else "0",
+            self.incarnation,
             *(str(len(ids)) for ids in lists), *(i for ids in lists for i in ids),
         ]
         # No timeout: on its own connection, a hung Redis only holds up this reader (a
@@ -378,7 +418,16 @@ class RedisAttachment(Attachment):
         if status == "replaced":
             self.end("replaced", script=False)
             return
-        _, running, group, ack, more, overdue, own, taken = reply
+        _, running, group, ack, more, overdue, own, taken, broken = reply
+        if broken != self._broken:
+            self._broken = broken
+            if broken:
+                _log.warn(
+                    "channel {channel}: listener {listener} cannot use some of its keys in "
+                    "Redis, which another program overwrote: {problems}",
+                    channel=channel.name, listener=self.listener_id,
+                    problems="; ".join(map(str, broken)),
+                )
         handed = {str(entry[0]) for entry in own}
         self._unread_own = [i for i in unread_own if i not in handed]
         self._running = running == 1

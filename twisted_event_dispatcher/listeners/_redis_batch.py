@@ -34,10 +34,20 @@ local function put(a)
   if late then return '-EXPIRED' end
   local id = a[1]
   local meta = R .. ':l:' .. id
-  if redis.call('EXISTS', meta) == 0 then return '-UNKNOWNLISTENER' end
+  local found = kind(meta)
+  if found == 'none' then return '-UNKNOWNLISTENER' end
+  if found ~= 'hash' then
+    return "-CORRUPT the record of listener '" .. id .. "' is a " .. found
+  end
   local size = tonumber(redis.call('HGET', meta, 'size'))
-  if not size then return '-CORRUPT listener ' .. id .. ' has no size' end
+  if not size then return "-CORRUPT listener '" .. id .. "' has no size" end
   local mailbox = R .. ':mb:' .. id
+  local box = kind(mailbox)
+  if box == 'none' then
+    ensure_group(mailbox)  -- (deleted by another program: made again)
+  elseif box ~= 'stream' then
+    return "-CORRUPT the mailbox of listener '" .. id .. "' is a " .. box
+  end
   if redis.call('XLEN', mailbox) >= size then return '-MAILBOXFULL ' .. size end
   local added
   if a[4] ~= '' then
@@ -53,8 +63,15 @@ end
 local function put_group(a)
   if late then return '-EXPIRED' end
   local group = a[1]
-  if redis.call('ZCARD', R .. ':m:' .. group) == 0 then return '-UNKNOWNGROUP' end
+  local index = R .. ':m:' .. group
+  if not zset_or_none(index) then
+    return "-CORRUPT the members of group '" .. group .. "' are a " .. kind(index)
+  end
+  if redis.call('ZCARD', index) == 0 then return '-UNKNOWNGROUP' end
   local queue = R .. ':g:' .. group
+  if not stream_or_none(queue) then
+    return "-CORRUPT the queue of group '" .. group .. "' is a " .. kind(queue)
+  end
   ensure_group(queue)
   local summary = redis.call('XPENDING', queue, 'g')
   local taken = tonumber(summary[1])
@@ -73,7 +90,7 @@ end
 -- id, token, "o" (own) or "g" (group), entry id -> 1, or 0 if it is not that consumer's
 local function ack(a)
   local id, entry = a[1], a[4]
-  local state = redis.call('HMGET', R .. ':l:' .. id, 'token', 'group')
+  local state = fields(R .. ':l:' .. id, 'token', 'group')
   if state[1] ~= a[2] then return '+0' end
   local key = R .. ':mb:' .. id
   if a[3] == 'g' then key = R .. ':g:' .. (state[2] or '') end
@@ -87,7 +104,7 @@ end
 -- again (before newer mail). Group mail goes back to the group.
 local function release(a)
   local id, entry = a[1], a[4]
-  local state = redis.call('HMGET', R .. ':l:' .. id, 'token', 'group')
+  local state = fields(R .. ':l:' .. id, 'token', 'group')
   if state[1] ~= a[2] then return '+0' end
   if a[3] == 'g' then
     local key = R .. ':g:' .. (state[2] or '')

@@ -4,7 +4,10 @@ the channel's failure rules: :class:`~twisted_event_dispatcher.errors.ChannelUna
 at once while Redis is known to be down (after a ``connect()`` if the channel was never
 connected), after ``reply_timeout`` when Redis does not answer; and a deadline (half the
 reply timeout, by Redis' clock) past which a script that changes state changes nothing,
-so that a call that failed on a timeout did not happen later either.
+so that a call that failed on a timeout did not happen later either (and a reply that
+arrived while this process was too busy to read it is read before giving up). Any other
+refusal of Redis (a key of the wrong type, out of memory, a read-only replica) is a
+``ChannelUnavailableError`` too, never txredisapi's ``ResponseError``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from ._redis_lua import Script
 if TYPE_CHECKING:
     from ..channels.redis import RedisStreamChannel
 
-__all__ = ["DEADLINE", "Argument", "Commands", "script_error"]
+__all__ = ["DEADLINE", "REFUSALS", "Argument", "Commands", "disconnect", "script_error"]
 
 
 class _Deadline:
@@ -36,6 +39,25 @@ class _Deadline:
 
 DEADLINE: Final = _Deadline()
 Argument = str | _Deadline
+
+#: Seconds a call waits past its reply timeout for an answer that has arrived already.
+GRACE: Final = 0.01
+
+#: The first words of a script's refusals that the caller maps to an exception of its own
+#: (``UnknownListenerError``, ``ListenerExistsError``, ``MailboxFullError``...).
+REFUSALS: Final = frozenset({"UNKNOWNLISTENER", "LISTENEREXISTS", "MAILBOXFULL", "UNKNOWNGROUP"})
+
+
+def disconnect(connection: Any) -> None:
+    """
+    Close a connection of our own, quietly: one closed before it was ready (Redis hung
+    while it said ``SELECT``) fails its first Deferred, which would be logged as an
+    unhandled error.
+    """
+    first = getattr(connection, "_connected", None)
+    if isinstance(first, Deferred):
+        first.addErrback(lambda _: None)
+    connection.disconnect().addErrback(lambda _: None)
 
 
 def script_error(error: BaseException) -> str:
@@ -78,8 +100,37 @@ class Commands:
             )
         values = [self.deadline() if arg is DEADLINE else str(arg) for arg in args]
         reply = script.run(writer, keys, values)
-        reply.addTimeout(channel.reply_timeout, channel.clock)
+        self._time_out(reply)
         return reply.addErrback(self._failed, doing)
+
+    def _time_out(self, reply: Deferred[Any]) -> None:
+        """
+        Cancel ``reply`` if it has not come within ``reply_timeout``; but a reply that
+        has arrived when the timer fires (this process was busy: a handler blocked the
+        reactor) is read first (:data:`GRACE` later, after the reactor read its
+        sockets): a script that ran is not reported as failed for this process's delay.
+        """
+        clock = self.channel.clock
+        answered = False
+
+        def give_up() -> None:
+            if not answered:
+                reply.cancel()
+
+        def late() -> None:
+            if not answered:
+                clock.callLater(GRACE, give_up)  # after the reactor read what has arrived
+
+        timer = clock.callLater(self.channel.reply_timeout, late)
+
+        def done(result: object) -> object:
+            nonlocal answered
+            answered = True
+            if timer.active():
+                timer.cancel()
+            return result
+
+        reply.addBoth(done)
 
     async def _connecting(
         self, script: Script, args: Sequence[Argument], doing: str, keys: tuple[str, ...]
@@ -107,8 +158,15 @@ class Commands:
                 )
             elif message.startswith("CORRUPT"):
                 error = ChannelUnavailableError(f"{doing}: Redis holds bad state: {message}")
+            elif message.split(" ", 1)[0] in REFUSALS:
+                return failure  # the caller's to turn into UnknownListenerError...
             else:
-                return failure
+                # Anything else Redis refuses (a key of the wrong type written by another
+                # program, out of memory, a read-only replica): an error of this library,
+                # not txredisapi's.
+                error = ChannelUnavailableError(
+                    f"Redis at {channel.url} refused {doing}: {message}"
+                )
         else:
             return failure
         return Failure(error)

@@ -45,10 +45,42 @@ class Script:
 
 
 #: Shared functions. ``R`` (declared before them): the root of the channel's listener keys.
+#: Another program may have written anything under ``R`` (a string where a stream should
+#: be, a deleted stream): a Redis error in a script does not undo what it wrote before,
+#: so the scripts check a key's type before they use it (:func:`kind`, :func:`fields`),
+#: read with ``pcall`` where a wrong type only means "nothing there", and never fail
+#: half-way because of one listener's keys.
 FUNCTIONS: Final = r"""
 local function expired(deadline)
   local now = redis.call('TIME')
   return tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) > tonumber(deadline)
+end
+-- The type of the value at key: 'none', 'stream', 'hash', 'zset', 'string'...
+local function kind(key)
+  local found = redis.call('TYPE', key)
+  return found.ok or found
+end
+-- Whether key holds a stream, or nothing (a stream the scripts may create).
+local function stream_or_none(key)
+  local found = kind(key)
+  return found == 'stream' or found == 'none'
+end
+-- HMGET key ...: false for each field of a key that is missing or not a hash.
+local function fields(key, ...)
+  local found = redis.pcall('HMGET', key, ...)
+  if type(found) == 'table' and not found.err then return found end
+  return {}
+end
+-- Whether key holds a sorted set, or nothing.
+local function zset_or_none(key)
+  local found = kind(key)
+  return found == 'zset' or found == 'none'
+end
+-- ZRANGE key 0 -1, or nothing if key is not a sorted set.
+local function members(key)
+  local found = redis.pcall('ZRANGE', key, 0, -1)
+  if type(found) == 'table' and not found.err then return found end
+  return {}
 end
 local function ensure_group(key)
   redis.pcall('XGROUP', 'CREATE', key, 'g', '0', 'MKSTREAM')
@@ -59,7 +91,7 @@ end
 local function wake(token)
   if not token or token == '' then return false end
   local control = R .. ':c:' .. token
-  if redis.call('EXISTS', control) == 0 then return false end
+  if kind(control) ~= 'stream' then return false end
   local last = redis.call('XREVRANGE', control, '+', '-', 'COUNT', 1)[1]
   if not (last and last[2][1] == 'w') then redis.call('XADD', control, '*', 'w', '1') end
   return true
@@ -68,13 +100,14 @@ end
 -- entry: read for it here, so its in-flight count includes it) when it is running, has a
 -- free slot and nothing older is queued; else wake it (it runs TAKE).
 local function deliver(id, mailbox, added)
-  local state = redis.call('HMGET', R .. ':l:' .. id, 'token', 'running', 'slots', 'group')
+  local state = fields(R .. ':l:' .. id, 'token', 'running', 'slots', 'group')
   local token, slots = state[1], tonumber(state[3]) or 0
   if not token or token == '' then return end
   local control = R .. ':c:' .. token
-  if state[2] == '1' and slots > 0 and redis.call('EXISTS', control) == 1 then
-    local held = tonumber(redis.call('XPENDING', mailbox, 'g')[1])
-    if redis.call('XLEN', mailbox) - held == 1 then
+  if state[2] == '1' and slots > 0 and kind(control) == 'stream' then
+    local summary = redis.pcall('XPENDING', mailbox, 'g')
+    local held = type(summary) == 'table' and not summary.err and tonumber(summary[1])
+    if held and redis.call('XLEN', mailbox) - held == 1 then
       if state[4] and state[4] ~= '' then
         local summary = redis.pcall('XPENDING', R .. ':g:' .. state[4], 'g')
         if type(summary) == 'table' and not summary.err and type(summary[4]) == 'table' then
@@ -115,8 +148,8 @@ local function xclaim(key, consumer, ids, options)
 end
 local function wake_members(group, giver)
   local woken, own = 0, nil
-  for _, member in ipairs(redis.call('ZRANGE', R .. ':m:' .. group, 0, -1)) do
-    local state = redis.call('HMGET', R .. ':l:' .. member, 'token', 'running')
+  for _, member in ipairs(members(R .. ':m:' .. group)) do
+    local state = fields(R .. ':l:' .. member, 'token', 'running')
     if state[1] and state[1] ~= '' and state[2] == '1' then
       if member == giver then
         own = state[1]

@@ -42,7 +42,7 @@ from ..errors import (
 from ._backend import Attachment, Mailboxes, MailSink
 from ._redis_attachment import RedisAttachment
 from ._redis_batch import Batch, RefusedError
-from ._redis_commands import DEADLINE, Argument, Commands, script_error
+from ._redis_commands import DEADLINE, Argument, Commands, disconnect, script_error
 from ._redis_entries import Keys
 from ._redis_lua import Script
 from ._redis_replies import ReplyReader
@@ -67,6 +67,12 @@ class RedisMailboxes(Mailboxes):
         self._commands = Commands(channel)
         self._batch = Batch(self)
         self._attachments: dict[str, RedisAttachment] = {}
+        #: Attach calls under way: token -> listener id.
+        self._attaching: dict[str, str] = {}
+        #: The listeners the latest broadcast skipped (their keys are another program's).
+        self._skipped_listeners: tuple[Any, ...] = ()
+        #: The token of the latest attach call, by listener id (the one Redis keeps).
+        self._latest: dict[str, str] = {}
         self._replies = ReplyReader(self)
         #: Entries skipped by this process's readers: not mail (written by another program).
         self.skipped = 0
@@ -81,7 +87,8 @@ class RedisMailboxes(Mailboxes):
 
     @property
     def reply_address(self) -> str:
-        self._replies.start()
+        if not self.channel._closed:  # (a request on a disconnected channel fails)
+            self._replies.start()
         return self._replies.address
 
     # -- commands ------------------------------------------------------------------------
@@ -103,8 +110,14 @@ class RedisMailboxes(Mailboxes):
         """An operation of :mod:`._redis_batch`, sent at the end of this reactor turn."""
         return self._batch.add(operation, arguments)
 
-    def discard(self, key: str, entry_id: object, reason: str) -> None:
-        """Skip (log, acknowledge and delete) an entry that is not mail."""
+    def discard(
+        self, key: str, entry_id: object, reason: str, connection: Any = None
+    ) -> None:
+        """
+        Skip (log, acknowledge and delete) an entry that is not mail; on ``connection``
+        (a reader's: before its next ``TAKE``, which must not find it pending again), or
+        the channel's.
+        """
         self.skipped += 1
         _log.warn(
             "channel {channel}: skipped entry {id!r} of {key}: not mail ({reason})",
@@ -112,14 +125,16 @@ class RedisMailboxes(Mailboxes):
         )
         if not isinstance(entry_id, str):
             return
-        writer = self.channel._writer
-        if writer is not None and writer._factory.size:
+        target = connection if connection is not None else self.channel._writer
+        if target is not None and target._factory.size:
             for command in (("XACK", key, "g", entry_id), ("XDEL", key, entry_id)):
-                writer.execute_command(*command).addErrback(lambda _: None)
+                target.execute_command(*command).addErrback(lambda _: None)
 
     def forget(self, attachment: RedisAttachment) -> None:
         if self._attachments.get(attachment.listener_id) is attachment:
             del self._attachments[attachment.listener_id]
+        if self._latest.get(attachment.listener_id) == attachment.token:
+            del self._latest[attachment.listener_id]
 
     def _refused(self, failure: Failure, listener_id: str | None = None) -> Failure:
         """A script's refusal as the contract's exception."""
@@ -136,7 +151,12 @@ class RedisMailboxes(Mailboxes):
                 return Failure(ListenerExistsError(name, listener_id))
             if word == "MAILBOXFULL" and listener_id is not None:
                 return Failure(MailboxFullError(name, listener_id, limit))
-            if word in ("EXPIRED", "CORRUPT") or failure.check(RefusedError):
+            if word == "EXPIRED":
+                return Failure(ChannelUnavailableError(
+                    f"an operation on {name!r} reached Redis after its deadline (Redis hung, "
+                    "or this process was busy); nothing was changed"
+                ))
+            if word == "CORRUPT" or failure.check(RefusedError):
                 return Failure(
                     ChannelUnavailableError(f"Redis refused an operation on {name!r}: {error}")
                 )
@@ -183,7 +203,12 @@ class RedisMailboxes(Mailboxes):
             if refused is not None:
                 refused.raiseException()
             await channel.connect()
-        found = await channel._query(doing, "ZRANGE", key, "0", "-1")
+        try:
+            found = await channel._query(doing, "ZRANGE", key, "0", "-1")
+        except ResponseError as e:  # not a sorted set: another program wrote it
+            raise ChannelUnavailableError(
+                f"Redis at {channel.url} refused {doing} ({key}): {e}"
+            ) from None
         ids = []
         for listener_id in found or ():
             try:
@@ -277,6 +302,17 @@ class RedisMailboxes(Mailboxes):
         )
 
         def published(offsets: list[Any]) -> Message:
+            skipped = tuple(offsets[2:])
+            if skipped != self._skipped_listeners:  # (said when it changes: not a flood)
+                self._skipped_listeners = skipped
+            else:
+                skipped = ()
+            if skipped:
+                _log.warn(
+                    "channel {channel}: broadcast {event!r} skipped listener(s) {ids}: their "
+                    "keys in Redis are not what this library wrote (another program's?)",
+                    channel=channel.name, event=event, ids=list(skipped),
+                )
             return Message(int(offsets[1]), offsets[0], channel.name, event, data, data_json)
 
         return answer.addCallback(published)
@@ -297,27 +333,42 @@ class RedisMailboxes(Mailboxes):
         # attaching finds the consumer attached, and ends it).
         attached = self.call(
             ATTACH,
-            [self.keys.root, listener_id, token, str(self.lease_ms), str(max_in_flight)],
+            [
+                self.keys.root, DEADLINE, listener_id, token, str(self.lease_ms),
+                str(max_in_flight),
+            ],
             doing,
         )
         attached.addErrback(self._refused, listener_id)
+        self._attaching[token] = listener_id
+        self._latest[listener_id] = token
         connection = open_connection(channel.url, channel.RECONNECT_INITIAL, channel.RECONNECT_MAX)
         try:
-            await attached
-            try:
-                await wait_connected(
-                    connection, channel.url, channel.connect_timeout, channel.clock
+            incarnation = await attached
+            await wait_connected(connection, channel.url, channel.connect_timeout, channel.clock)
+            if token not in self._attaching:  # close() came meanwhile (and detached it)
+                raise ChannelUnavailableError(
+                    f"channel {channel.name!r} was disconnected while {doing}"
                 )
-            except BaseException:
+        except BaseException:
+            # Undo it, if it happened (the answer was lost, or the connection failed): only
+            # this token's attachment is undone, never another consumer's.
+            if self._attaching.pop(token, None) is not None:
                 detached = self.call(DETACH, [self.keys.root, listener_id, token], doing)
                 detached.addErrback(lambda _: None)
-                raise
-        except BaseException:
-            connection.disconnect().addErrback(lambda _: None)
+            disconnect(connection)
             raise
-        attachment = RedisAttachment(self, listener_id, sink, max_in_flight, token, connection)
+        del self._attaching[token]
+        attachment = RedisAttachment(
+            self, listener_id, sink, max_in_flight, token, connection, str(incarnation or "")
+        )
+        if self._latest.get(listener_id) != token:
+            # Another attach to this listener was called after this one (and so came
+            # after it in Redis): this one is replaced already, whichever got here first.
+            attachment.end("replaced", script=False)
+            return attachment
         old = self._attachments.get(listener_id)
-        if old is not None:  # attached meanwhile (two attach calls at once): the last wins
+        if old is not None:  # attached meanwhile by an earlier call: the last call wins
             old.end("replaced", script=False)
         self._attachments[listener_id] = attachment
         attachment.start()
@@ -345,6 +396,12 @@ class RedisMailboxes(Mailboxes):
     def close(self) -> Deferred[None]:
         self._batch.flush()
         closing = [attachment.end("closed") for attachment in list(self._attachments.values())]
+        # Attachments on their way: undone (after their ATTACH, on the same connection);
+        # they fail when they get there.
+        attaching, self._attaching = self._attaching, {}
+        for token, listener_id in attaching.items():
+            detached = self.call(DETACH, [self.keys.root, listener_id, token], "closing")
+            closing.append(detached.addErrback(lambda _: None))
         closing.append(self._replies.stop())
         done = DeferredList(closing, consumeErrors=True)
         return done.addBoth(lambda _: None)

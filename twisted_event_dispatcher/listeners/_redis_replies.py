@@ -66,6 +66,8 @@ class ReplyReader:
         connection, self._connection = self._connection, None
         if connection is None:
             return succeed(None)
+        # (closed before it was ready, its first Deferred fails: not an unhandled error)
+        connection._connected.addErrback(lambda _: None)
         closed: Deferred[Any] = connection.disconnect()
         return closed.addBoth(lambda _: None)
 

@@ -20,17 +20,19 @@ __all__ = ["TAKE"]
 #: its group mail the consumer does not hold and mail given back to the group, oldest
 #: first; it gives back group mail past its holder's ack deadline.
 #: ARGV: R, id, token, lease ms, free, late ("1": look for group mail past its deadline),
+#: the listener's registration number when the consumer attached (ATTACH's answer),
 #: then four counts and four lists of entry ids: own in flight, own read for it but not
 #: handed over, group in flight, group read but not handed over.
-#: Returns {"removed"}, {"replaced"} or {"ok", running, group, ack, more (1: more to take
-#: when a slot is free), late (count given back), own entries, group entries}; an entry is
-#: {id, deliveries, fields}.
+#: Returns {"removed"}, {"replaced"} or {"ok", running, group ("" none, or its queue is
+#: not a stream), ack, more (1: more to take when a slot is free), late (count given
+#: back), own entries, group entries, broken (what another program overwrote, for the
+#: log)}; an entry is {id, deliveries, fields}.
 TAKE: Final = script(r"""
 local id, token, lease, free = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local sets, lists, at = {}, {}, 11
+local sets, lists, at = {}, {}, 12
 for k = 1, 4 do
   sets[k], lists[k] = {}, {}
-  for _ = 1, tonumber(ARGV[6 + k]) do
+  for _ = 1, tonumber(ARGV[7 + k]) do
     sets[k][ARGV[at]] = true
     lists[k][#lists[k] + 1] = ARGV[at]
     at = at + 1
@@ -38,10 +40,23 @@ for k = 1, 4 do
 end
 local meta = R .. ':l:' .. id
 local mailbox = R .. ':mb:' .. id
-if redis.call('EXISTS', meta) == 0 then return {'removed'} end
+-- (A record another program overwrote: the listener is lost, as if removed.)
+if kind(meta) ~= 'hash' then return {'removed'} end
 local state = redis.call('HMGET', meta, 'token', 'running', 'group', 'ack')
 local group = state[3] or ''
 local queue = R .. ':g:' .. group
+-- Consume the wake-ups; own mail carried by entries the reader has not read is not
+-- delivered yet (its delivery count stays).
+local control = R .. ':c:' .. token
+local unread = redis.pcall('XREADGROUP', 'GROUP', 'g', id, 'STREAMS', control, '>')
+if type(unread) == 'table' and not unread.err and unread[1] then
+  for _, entry in ipairs(unread[1][2]) do
+    if entry[2] and entry[2][1] == 'm' and not sets[2][entry[2][2]] then
+      sets[2][entry[2][2]] = true
+      lists[2][#lists[2] + 1] = entry[2][2]
+    end
+  end
+end
 if state[1] ~= token then
   -- Replaced: what it read and did not hand over keeps its delivery count.
   for _, entry in ipairs(lists[2]) do
@@ -59,26 +74,34 @@ if state[1] ~= token then
     end
   end
   if back > 0 then wake_members(group, id) end
+  -- Registered again since it attached: not replaced, but removed.
+  local number = redis.pcall('ZSCORE', R .. ':L', id)
+  if type(number) ~= 'string' or number ~= ARGV[7] then return {'removed'} end
   wake(state[1])
   return {'replaced'}
 end
 redis.call('SET', R .. ':a:' .. id, token, 'PX', lease)
--- Consume the wake-ups; own mail carried by entries the reader has not read is not
--- delivered yet.
-local control = R .. ':c:' .. token
-local unread = redis.pcall('XREADGROUP', 'GROUP', 'g', id, 'STREAMS', control, '>')
-if type(unread) == 'table' and not unread.err and unread[1] then
-  for _, entry in ipairs(unread[1][2]) do
-    if entry[2] and entry[2][1] == 'm' then sets[2][entry[2][2]] = true end
-  end
-end
 redis.call('DEL', control)
 redis.call('XGROUP', 'CREATE', control, 'g', '$', 'MKSTREAM')
 redis.call('PEXPIRE', control, lease)
-ensure_group(mailbox)
+-- Keys another program overwrote (a string where a stream should be) are left alone and
+-- reported: own mail or group mail is not read from them.
+local broken = {}
+local mine = stream_or_none(mailbox)
+if mine then
+  ensure_group(mailbox)
+else
+  broken[#broken + 1] = "the mailbox of listener '" .. id .. "' is a " .. kind(mailbox)
+end
+if group ~= '' and not stream_or_none(queue) then
+  broken[#broken + 1] = "the queue of group '" .. group .. "' is a " .. kind(queue)
+  group = ''
+end
 local running = state[2] == '1'
 local own, taken, more, late = {}, {}, 0, 0
-if running and free > 0 then
+if not mine then
+  -- (nothing of its own to hand over)
+elseif running and free > 0 then
   -- Its pending own mail its consumer does not hold, oldest first (given back, a
   -- previous consumer's, or read for it and not handed over yet), then new mail.
   for _, entry in ipairs(pending(mailbox, '-', '+', free + #lists[1] + 1, id)) do
@@ -95,6 +118,9 @@ if running and free > 0 then
         free = free - 1
       end
     end
+  end
+  if free == 0 and more == 0 and redis.call('XLEN', mailbox) > #lists[1] + #own then
+    more = 1  -- (its slots went to pending mail: newer mail waits)
   end
   if free > 0 and more == 0 then
     local read = redis.call('XREADGROUP', 'GROUP', 'g', id, 'COUNT', free,
@@ -130,9 +156,9 @@ if group ~= '' then
   end
   if running and ARGV[6] == '1' then
     local deadlines, least = {}, nil
-    for _, member in ipairs(redis.call('ZRANGE', R .. ':m:' .. group, 0, -1)) do
-      local seconds = tonumber(redis.call('HGET', R .. ':l:' .. member, 'ack'))
-      if seconds then
+    for _, member in ipairs(members(R .. ':m:' .. group)) do
+      local seconds = tonumber(fields(R .. ':l:' .. member, 'ack')[1])
+      if seconds and seconds > 0 and seconds < 1e9 then  -- (not another program's nan...)
         deadlines[member] = seconds * 1000
         if not least or seconds * 1000 < least then least = seconds * 1000 end
       end
@@ -199,5 +225,5 @@ if group ~= '' then
   end
   if back > 0 then wake_members(group, id) end
 end
-return {'ok', running and 1 or 0, group, state[4] or '0', more, late, own, taken}
+return {'ok', running and 1 or 0, group, state[4] or '0', more, late, own, taken, broken}
 """)
