@@ -28,6 +28,7 @@ from twisted_event_dispatcher.errors import (
     ChannelUnavailableError,
     EventDispatcherError,
     RemoteActionError,
+    RequestTimeoutError,
     UnknownListenerError,
 )
 from twisted_event_dispatcher.listeners import Listener, Mail, _redis_mailboxes
@@ -885,3 +886,39 @@ async def test_no_call_fails_half_way_on_keys_another_program_overwrote(
             if found:
                 problems[f"{target} {command}"] = found
     assert problems == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_times_out_across_channel_objects_and_its_late_reply_is_ignored(
+    make_redis_channel: ChannelFactory, redis: RedisServer, log: LogCapture
+) -> None:
+    requester = await make_redis_channel()
+    server = RedisStreamChannel(requester.name, url=redis.url, block=200)
+    await server.connect()
+    try:
+        slow: list[Deferred[Any]] = []
+
+        def work(mail: Mail) -> Any:
+            if mail.data == "slow":
+                slow.append(Deferred())
+                return slow[-1]
+            return f"done {mail.data}"
+
+        listener = await server.add_listener("worker")
+        listener.set_action("work", work)
+        await listener.serve(max_in_flight=4)
+
+        started = reactor.seconds()
+        with pytest.raises(RequestTimeoutError, match="no reply from 'worker' to 'work'") as info:
+            await requester.request("worker", "work", "slow", timeout=0.5)
+        assert isinstance(info.value, TimeoutError)
+        assert 0.45 <= reactor.seconds() - started < 3
+        await until(lambda: len(slow) == 1)
+
+        # The action finishes after the requester gave up: its reply is dropped quietly,
+        # and the next request gets its own answer, not the stale one.
+        slow[0].callback("too late")
+        assert await requester.request("worker", "work", "fast", timeout=5) == "done fast"
+        assert log.failures() == []
+    finally:
+        await server.disconnect()
