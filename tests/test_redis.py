@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from tests._fuzz import examples
+from tests._log import LogCapture
 from tests._redis import RedisServer, channel_on, free_port, until
 from twisted_event_dispatcher.channels._redis_stream import parse_entry
 from twisted_event_dispatcher.channels.message import encode_json
@@ -529,3 +531,25 @@ async def test_fuzzed_entries_written_to_the_stream_never_stop_the_reader(
     finally:
         raw.disconnect()
         await channel.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_to_a_hung_redis_fails_clearly_and_leaves_no_unhandled_error(
+    redis: RedisServer, log: LogCapture
+) -> None:
+    # Found by an attacker: the connections given up on were closed before they had said
+    # SELECT, and their first Deferred failed unhandled ("could not set dbid").
+    redis.signal("STOP")
+    try:
+        channel = RedisStreamChannel(
+            "hung-connect", url=redis.url, connect_timeout=0.3, reply_timeout=0.3
+        )
+        with pytest.raises(ChannelUnavailableError):
+            await channel.connect()
+    finally:
+        redis.signal("CONT")
+    await channel.disconnect()
+    await deferLater(reactor, 0.3, lambda: None)  # let the closed connections settle
+    gc.collect()  # an unhandled failure is logged when its Deferred is collected
+    assert [e for e in log.failures() if "Unhandled" in formatEvent(e)] == []
+    assert not any("Unhandled error" in formatEvent(e) for e in log.events)

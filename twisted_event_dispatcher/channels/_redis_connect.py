@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from ..errors import ChannelUnavailableError
 
-__all__ = ["RedisURL", "open_connection", "parse_redis_url", "wait_connected"]
+__all__ = ["RedisURL", "close_quietly", "open_connection", "parse_redis_url", "wait_connected"]
 
 
 class RedisURL:
@@ -134,3 +134,15 @@ async def wait_connected(
                 f"Redis at {url} refused the credentials: {reason}"
             ) from None
         raise ChannelUnavailableError(f"cannot connect to Redis at {url}: {reason}") from None
+
+
+def close_quietly(connection: Any) -> None:
+    """
+    Close a connection of our own, quietly: one closed before it was ready (Redis hung
+    while it said ``SELECT``) fails its first Deferred, which would be logged as an
+    unhandled error.
+    """
+    first = getattr(connection, "_connected", None)
+    if isinstance(first, Deferred):
+        first.addErrback(lambda _: None)
+    connection.disconnect().addErrback(lambda _: None)

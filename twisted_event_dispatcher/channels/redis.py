@@ -49,7 +49,13 @@ from twisted.python.failure import Failure
 
 from ..errors import ChannelUnavailableError
 from ..interfaces import ICarrier
-from ._redis_connect import RedisURL, open_connection, parse_redis_url, wait_connected
+from ._redis_connect import (
+    RedisURL,
+    close_quietly,
+    open_connection,
+    parse_redis_url,
+    wait_connected,
+)
 from ._redis_stream import PUBLISH_SCRIPT, entry_offset, parse_entry
 from .base import WILDCARD, Channel, Gap, Subscription
 from .message import Message
@@ -223,7 +229,7 @@ class RedisStreamChannel(Channel):
                 )
         except BaseException:
             for connection in (writer, reader):
-                connection.disconnect().addErrback(lambda _: None)
+                close_quietly(connection)
             raise
         self._writer, self._reader, self._script_sha = writer, reader, sha
         self._ready = self._reader_up = True

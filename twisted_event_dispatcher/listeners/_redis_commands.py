@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from txredisapi import ConnectionError as RedisConnectionError
 from txredisapi import ResponseError
 
+from ..channels._redis_connect import close_quietly as disconnect
 from ..errors import ChannelUnavailableError
 from ._redis_lua import Script
 
@@ -46,18 +47,6 @@ GRACE: Final = 0.01
 #: The first words of a script's refusals that the caller maps to an exception of its own
 #: (``UnknownListenerError``, ``ListenerExistsError``, ``MailboxFullError``...).
 REFUSALS: Final = frozenset({"UNKNOWNLISTENER", "LISTENEREXISTS", "MAILBOXFULL", "UNKNOWNGROUP"})
-
-
-def disconnect(connection: Any) -> None:
-    """
-    Close a connection of our own, quietly: one closed before it was ready (Redis hung
-    while it said ``SELECT``) fails its first Deferred, which would be logged as an
-    unhandled error.
-    """
-    first = getattr(connection, "_connected", None)
-    if isinstance(first, Deferred):
-        first.addErrback(lambda _: None)
-    connection.disconnect().addErrback(lambda _: None)
 
 
 def script_error(error: BaseException) -> str:
