@@ -61,7 +61,8 @@ class MailSink(Protocol):
         """
         The attachment ended without :meth:`Attachment.detach` (``"removed"``: the
         listener was removed; ``"replaced"``: another consumer attached to it;
-        ``"closed"``: the channel's backend was closed). Called once; nothing follows.
+        ``"closed"``: the channel's backend was closed; ``"failed"``: this sink's
+        :meth:`mail` raised, which is logged once). Called once; nothing follows.
         """
 
 
