@@ -67,6 +67,35 @@ def keep_best(
     }
 
 
+#: One row of an ours-versus-raw table: label, result key, number format, and the
+#: (target text, met) checks of that row.
+Row = tuple[str, str, str, list[tuple[str, bool]]]
+
+
+def ours_vs_raw_table(
+    heading: str, ours: dict[str, float], raw: dict[str, float], rows: list[Row]
+) -> int:
+    """Write ``heading`` and a Markdown table of ``rows`` (ours, raw, ratio, targets) to
+    stdout; return how many targets were missed."""
+    out = sys.stdout.write
+    out(
+        f"{heading}\n\n"
+        "| metric | ours | raw txredisapi | ours / raw | target | met |\n"
+        "| --- | ---: | ---: | ---: | --- | --- |\n"
+    )
+    missed = 0
+    for label, key, fmt, checks in rows:
+        target = "; ".join(t for t, _ in checks)
+        met = "; ".join("yes" if ok else "**no**" for _, ok in checks)
+        missed += sum(1 for _, ok in checks if not ok)
+        out(
+            f"| {label} | {fmt.format(ours[key])} | {fmt.format(raw[key])} "
+            f"| {ours[key] / raw[key]:.2f}x | {target} | {met} |\n"
+        )
+    out(f"\n{missed} target(s) missed.\n\n")
+    return missed
+
+
 def react_main(run: Callable[[list[str]], Coroutine[Any, Any, None]]) -> None:
     """Run ``run(argv)`` under the reactor; ``react`` exits the process when it is done."""
     args = sys.argv[1:]

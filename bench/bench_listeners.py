@@ -63,7 +63,14 @@ from twisted_event_dispatcher.listeners import Consumer, Mail
 from twisted_event_dispatcher.testing import success_result_of
 
 from ._harness import OURS, Workload, loop, options, report
-from ._processes import BenchProcess, keep_best, react_main, spawn_ready
+from ._processes import (
+    BenchProcess,
+    Row,
+    keep_best,
+    ours_vs_raw_table,
+    react_main,
+    spawn_ready,
+)
 
 DATA = {"n": 1, "text": "hello"}
 PUBLISH = "MemoryChannel.publish"
@@ -412,21 +419,17 @@ async def redis_table(quick: bool) -> int:
     finally:
         await redis.stop()
     ours, raw = best["ours"], best["raw"]
-    out = sys.stdout.write
-    out(
+    heading = (
         f"### Listeners: request/reply through Redis\n\nPython {sys.version.split()[0]}; "
         f"the listener in a separate process; {rounds} alternating round(s), best of each; "
         f"{latency_count:,} requests one at a time, {throughput_count:,} with "
-        f"{IN_FLIGHT} in flight\n\n"
-        "| metric | ours | raw txredisapi | ours / raw | target | met |\n"
-        "| --- | ---: | ---: | ---: | --- | --- |\n"
+        f"{IN_FLIGHT} in flight"
     )
-    missed = 0
     throughput_checks = [
         (">= 5,000/s", ours["throughput"] >= 5_000),
         (">= 0.7x raw", ours["throughput"] >= 0.7 * raw["throughput"]),
     ]
-    rows: list[tuple[str, str, str, list[tuple[str, bool]]]] = [
+    rows: list[Row] = [
         (f"requests/s, {IN_FLIGHT} in flight", "throughput", "{:,.0f}", throughput_checks),
         ("one at a time p50 ms", "p50", "{:.2f}", [("<= 2 ms", ours["p50"] <= 2.0)]),
         ("one at a time p99 ms", "p99", "{:.2f}", []),
@@ -434,16 +437,7 @@ async def redis_table(quick: bool) -> int:
         ("CPU µs/request: worker", "cpu worker", "{:.0f}", []),
         ("CPU µs/request: redis-server", "cpu redis", "{:.0f}", []),
     ]
-    for label, key, fmt, checks in rows:
-        target = "; ".join(t for t, _ in checks)
-        met = "; ".join("yes" if ok else "**no**" for _, ok in checks)
-        missed += sum(1 for _, ok in checks if not ok)
-        out(
-            f"| {label} | {fmt.format(ours[key])} | {fmt.format(raw[key])} "
-            f"| {ours[key] / raw[key]:.2f}x | {target} | {met} |\n"
-        )
-    out(f"\n{missed} target(s) missed.\n\n")
-    return missed
+    return ours_vs_raw_table(heading, ours, raw, rows)
 
 
 async def run(argv: list[str]) -> None:

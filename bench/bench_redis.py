@@ -27,7 +27,14 @@ from twisted.internet.task import deferLater
 from tests._redis import RedisServer
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
 
-from ._processes import BenchProcess, keep_best, react_main, spawn_ready
+from ._processes import (
+    BenchProcess,
+    Row,
+    keep_best,
+    ours_vs_raw_table,
+    react_main,
+    spawn_ready,
+)
 
 WINDOW = 200
 PACE = 0.002
@@ -117,32 +124,20 @@ async def run(argv: list[str]) -> None:
     finally:
         await redis.stop()
     ours, raw = best["ours"], best["raw"]
-    out = sys.stdout.write
-    out(
+    heading = (
         f"### Redis Streams channel\n\nPython {sys.version.split()[0]}; reader in a separate "
-        f"process; {events:,} events for throughput, {paced:,} paced\n\n"
-        "| metric | ours | raw txredisapi | ours / raw | target | met |\n"
-        "| --- | ---: | ---: | ---: | --- | --- |\n"
+        f"process; {events:,} events for throughput, {paced:,} paced"
     )
-    missed = 0
     throughput_checks = [
         (">= 20,000/s", ours["throughput"] >= 20_000),
         (">= 0.8x raw", ours["throughput"] >= 0.8 * raw["throughput"]),
     ]
-    rows: list[tuple[str, str, str, list[tuple[str, bool]]]] = [
+    rows: list[Row] = [
         ("events/s", "throughput", "{:,.0f}", throughput_checks),
         ("paced p50 ms", "p50", "{:.2f}", [("<= 2 ms", ours["p50"] <= 2.0)]),
         ("paced p99 ms", "p99", "{:.2f}", []),
     ]
-    for label, key, fmt, checks in rows:
-        target = "; ".join(t for t, _ in checks)
-        met = "; ".join("yes" if ok else "**no**" for _, ok in checks)
-        missed += sum(1 for _, ok in checks if not ok)
-        out(
-            f"| {label} | {fmt.format(ours[key])} | {fmt.format(raw[key])} "
-            f"| {ours[key] / raw[key]:.2f}x | {target} | {met} |\n"
-        )
-    out(f"\n{missed} target(s) missed.\n\n")
+    ours_vs_raw_table(heading, ours, raw, rows)
 
 
 if __name__ == "__main__":
