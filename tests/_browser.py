@@ -2,9 +2,10 @@
 Drive the hub's demo page in headless Chromium (Debian's package) with Playwright; run as
 a separate process by test_browser.py:
 
-    python tests/_browser.py URL SCREENSHOT
+    python tests/_browser.py URL SCREENSHOT [listeners]
 
-Prints one JSON line with what the page showed.
+Prints one JSON line with what the page showed. With ``listeners``, drives the Listeners
+panel instead (register, listen, dispatch, ack, a bad dispatch, reconnect, remove).
 """
 
 from __future__ import annotations
@@ -72,5 +73,89 @@ def main(url: str, screenshot: str) -> None:
     )
 
 
+def listeners(url: str, screenshot: str) -> None:
+    """The Listeners panel, on the page's WebSocket, against the hub's control plane."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on(
+            "console",
+            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
+        page.goto(url)
+        page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+
+        # Register (keyboard only: type, then Enter submits the form).
+        page.fill("#register-id", "worker-1")
+        page.fill("#register-group", "workers")
+        page.press("#register-group", "Enter")
+        worker = '#listeners li[data-listener="worker-1"]'
+        page.wait_for_selector(worker)
+        registered = page.text_content("#register-result")
+        page.click(f"{worker} button:text-is('listen')")
+        page.wait_for_selector(f'{worker}[data-state="listening"]')
+
+        # Two messages: one to the listener, one to its group.
+        page.fill("#dispatch-target", "worker-1")
+        page.fill("#dispatch-data", '{"n": 1}')
+        page.click("#dispatch-button")
+        page.wait_for_selector("#dispatch-result.ok >> text=dispatched to worker-1")
+        page.select_option("#dispatch-kind", "group")
+        page.fill("#dispatch-target", "workers")
+        page.fill("#dispatch-data", '{"n": 2}')
+        page.click("#dispatch-button")
+        page.wait_for_selector("#dispatch-result.ok >> text=dispatched to workers")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#mailbox-body tr').length === 2"
+        )
+        # Acknowledge the group's mail; the listener's own mail stays unacknowledged.
+        second = "#mailbox-body tr:nth-child(2)"
+        page.focus(f"{second} button:text-is('ack')")  # by keyboard
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f"{second} td.acked")
+
+        # A dispatch to nobody: the error shows next to the dispatch form.
+        page.select_option("#dispatch-kind", "listener")
+        page.fill("#dispatch-target", "nobody")
+        page.click("#dispatch-button")
+        page.wait_for_selector("#dispatch-result.error")
+        dispatch_error = page.text_content("#dispatch-result")
+
+        # Reconnect: the stream reopens; only the unacknowledged mail comes again.
+        page.click("#reconnect")
+        page.wait_for_selector('#status[data-state="closed"]')
+        page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+        page.wait_for_selector(f'{worker}[data-state="listening"]')
+        page.wait_for_function(
+            "() => document.querySelector('#mailbox-body tr:nth-child(1) td:nth-child(7)')"
+            ".textContent === '2'"
+        )
+        mailbox = page.eval_on_selector_all(
+            "#mailbox-body tr",
+            "rows => rows.map(r => Array.from(r.cells, c => c.innerText.trim()))",
+        )
+        log = page.eval_on_selector_all("#log-body tr", "rows => rows.map(r => r.innerText)")
+        page.screenshot(path=screenshot, full_page=True)
+
+        page.click(f"{worker} button:text-is('remove')")
+        page.wait_for_selector(worker, state="detached")
+        removed = page.text_content("#register-result")
+        browser.close()
+    result = {
+        "registered": registered,
+        "mailbox": mailbox,
+        "dispatch_error": dispatch_error,
+        "removed": removed,
+        "log": log,
+        "errors": errors,
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[3:] == ["listeners"]:
+        listeners(sys.argv[1], sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

@@ -47,3 +47,49 @@ async def test_demo_page_subscribes_fires_and_resumes() -> None:
     assert any("1 missed event(s) replayed" in text for text in notices)
     assert page["status"].startswith("connected (reconnect #")
     assert os.path.getsize(SCREENSHOT) > 10_000, "a screenshot was saved"
+
+
+LISTENERS_SCREENSHOT = os.path.join(ARTIFACTS, "hub-listeners.png")
+
+
+@pytest_twisted.ensureDeferred
+async def test_listeners_panel_registers_dispatches_acks_and_shows_errors() -> None:
+    assert os.path.exists("/usr/bin/chromium"), (
+        "Debian's chromium is missing: scripts/test installs it (apt-get install chromium)"
+    )
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    if os.path.exists(LISTENERS_SCREENSHOT):
+        os.remove(LISTENERS_SCREENSHOT)
+    hub = await start_hub()
+    try:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            [os.path.join(ROOT, "tests", "_browser.py"), hub.url, LISTENERS_SCREENSHOT,
+             "listeners"],
+            env=dict(os.environ),
+            path=ROOT,
+            reactor=reactor,
+        )
+    finally:
+        await hub.stop()
+    assert code == 0, err.decode(errors="replace")
+    page = json.loads(out.decode().strip().splitlines()[-1])
+    assert page["errors"] == []
+    assert page["registered"] == "registered worker-1 on events"
+    # [time, listener, mail id, event, data, source, tries, ack]
+    mailbox = [row[1:] for row in page["mailbox"]]
+    assert len(mailbox) == 2, mailbox
+    own, grouped = mailbox
+    assert own[0] == grouped[0] == "worker-1"
+    assert own[2] == grouped[2] == "job"
+    assert json.loads(own[3]) == {"n": 1} and own[4] == "dispatch"
+    assert json.loads(grouped[3]) == {"n": 2} and grouped[4] == "group"
+    # after the reconnect, the unacknowledged mail came again; the acknowledged one did not
+    assert own[5] == "2" and own[6] == "ack", own
+    assert grouped[5] == "1" and grouped[6] == "acked", grouped
+    assert page["dispatch_error"].startswith("unknown_listener: "), page["dispatch_error"]
+    assert "nobody" in page["dispatch_error"]
+    # the panel's errors are shown next to its forms, not as notices in the events log
+    assert not any("nobody" in row for row in page["log"])
+    assert page["removed"] == "removed worker-1"
+    assert os.path.getsize(LISTENERS_SCREENSHOT) > 10_000, "a screenshot was saved"

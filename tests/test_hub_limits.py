@@ -328,7 +328,7 @@ def _only_413(transport: StringTransport, limit_bytes: int) -> None:
     assert b"x-content-type-options: nosniff\r\n" in answer
     assert b"content-security-policy: " in answer and b"x-frame-options: DENY\r\n" in answer
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
-    assert body == {"error": f"the body is larger than {limit_bytes} bytes"}
+    assert body == {"error": f"the body is larger than {limit_bytes} bytes", "code": "too_large"}
     assert transport.disconnecting
 
 
@@ -404,7 +404,9 @@ async def test_declared_length_over_max_body_is_answered_at_once_over_a_socket()
             timeout=3,  # the header timeout is 10 s: this fails if the hub waits for it
         )
         assert answer.status == 413 and reactor.seconds() - start < 3
-        assert json.loads(answer.body) == {"error": "the body is larger than 1000 bytes"}
+        assert json.loads(answer.body) == {
+            "error": "the body is larger than 1000 bytes", "code": "too_large"
+        }
         assert answer.header("x-content-type-options") == b"nosniff"
         assert not local.problems()
     finally:

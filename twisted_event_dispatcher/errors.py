@@ -239,3 +239,33 @@ class RemoteActionError(EventDispatcherError):
         self.remote_type = remote_type
         self.remote_message = remote_message
         super().__init__(f"{remote_type}: {remote_message}" if remote_message else remote_type)
+
+
+class ChannelLimitError(EventDispatcherError):
+    """The hub has as many channels as its bound (``--max-channels``): none was created."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the hub has {limit} channels, its limit (--max-channels); remove one first"
+        )
+
+
+class DefaultChannelError(EventDispatcherError, ValueError):
+    """The hub's default channel cannot be removed (requests that name no channel use it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"channel {name!r} is the hub's default channel; it cannot be removed")
+
+
+class ListenerLimitError(EventDispatcherError):
+    """A channel of the hub has as many listeners as its bound (``--max-listeners``)."""
+
+    def __init__(self, channel: str, limit: int) -> None:
+        self.channel = channel
+        self.limit = limit
+        super().__init__(
+            f"channel {channel!r} has {limit} listeners, the hub's limit (--max-listeners); "
+            "remove one first"
+        )

@@ -11,6 +11,34 @@ Client to server:
 * ``{"type": "unsubscribe", "event": name, "channel": optional}``;
 * ``{"type": "ping"}`` (an ``"id"`` is echoed: a JSON value of at most 256 characters).
 
+The hub's control requests (with the factory's ``control`` plane; without it each gets an
+``error`` frame with ``code`` ``unsupported``), each answered by exactly one ``result``
+or ``error`` frame carrying its ``"ref"`` (optional: a string or an integer of at most 64
+characters as JSON). ``channel`` is optional everywhere (the endpoint's channel):
+
+* ``{"type": "create_channel", "channel"?}`` -> ``{"type": "result", "request":
+  "create_channel", "channel"}`` (a generated name if none is asked for);
+* ``{"type": "register", "channel"?, "listener"?, "group"?, "mailbox_size"?,
+  "ack_timeout"?}`` -> ``{..., "listener", "channel"}``;
+* ``{"type": "dispatch", "listener", "event", "data"?}`` -> ``{..., "ok": true, "id"}``
+  (``"id": null`` for ``start``/``stop``);
+* ``{"type": "dispatch_group", "group", "event", "data"?}`` -> ``{..., "ok": true, "id"}``;
+* ``{"type": "broadcast", "event", "data"?}`` -> ``{..., "ok": true, "id", "epoch"}``;
+* ``{"type": "request", "listener" or "group", "event", "data"?, "timeout"?}`` ->
+  ``{..., "ok": true, "data": reply}``; the listener's action failed: an ``error`` with
+  ``code`` ``remote`` and ``remote_type``; no reply in time: ``code`` ``timeout``;
+* ``{"type": "remove_listener", "listener"}``, ``{"type": "remove_channel"}`` ->
+  ``{..., "ok": true}``;
+* ``{"type": "listen", "listener", "auto_ack"?, "max_in_flight"?}`` -> ``{..., "ok": true,
+  "listener", "channel"}``, then ``mail`` frames; ``{"type": "ack", "listener", "id",
+  "reply"? or "error"?}`` (``reply``/``error`` answer a request), ``{"type": "release",
+  "listener", "id"}`` (redeliver it) -> ``{..., "ok": true, "id"}``; ``{"type":
+  "unlisten", "listener"}`` -> ``{..., "ok": true, "channel", "listener"}`` (what is
+  not acknowledged goes to the listener's next stream);
+* ``{"type": "watch", "since"?, "epoch"?}`` -> ``{..., "ok": true, "channel", "epoch",
+  "last_id", "replayed"}``, then ``event`` frames (a subscription to ``"*"``);
+  ``{"type": "unwatch"}`` -> ``{..., "ok": true, "channel"}``.
+
 Server to client:
 
 * ``{"type": "event", "id", "epoch", "channel", "event", "data"}``;
@@ -19,8 +47,18 @@ Server to client:
 * ``{"type": "gap", "channel", "event", "since", "epoch", "oldest", "reason"}``;
 * ``{"type": "dropped", "count"}`` — the client read too slowly and missed ``count``
   messages (``drop_oldest`` policy);
-* ``{"type": "error", "reason", "request"?}`` — a bad request; the connection stays open;
-* ``{"type": "pong", "id"?}``.
+* ``{"type": "error", "reason", "request"?}`` — a bad request; the connection stays open
+  (for the control requests also ``"code"``, ``"ref"``? and ``"remote_type"``?: see
+  :mod:`twisted_event_dispatcher.hub._control` for the codes; ``unsupported`` without a
+  control plane);
+* ``{"type": "pong", "id"?}``;
+* ``{"type": "result", "request", "ref"?, ...}`` — a control request's answer;
+* ``{"type": "mail", "id", "event", "data", "deliveries", "source", "listener", "channel",
+  "group"?, "request"?}`` — a mail of a listen (``"request": true``: ack it with a
+  ``reply`` or an ``error``);
+* ``{"type": "listen_end", "channel", "listener", "reason"}`` — a listen ended: the
+  listener was ``removed``, ``replaced`` by another stream, or its channel ``closed``
+  (removed from the hub, or the hub stopping).
 
 Malformed JSON (NaN and infinities included), JSON nested deeper than
 :data:`~twisted_event_dispatcher.channels.message.MAX_DEPTH`, unknown types, bad fields and
@@ -39,7 +77,7 @@ once (``prepareMessage``) and the same prepared frame is sent to every subscribe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
@@ -53,7 +91,11 @@ from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_na
 from ..channels.message import Message, encode_json
 from ..errors import ChannelUnavailableError, InvalidDataError
 from ._requests import BadRequest, clip, parse_request, show
+from ._ws_control import TYPES, VERBS, ConnectionControl, peek
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
+
+if TYPE_CHECKING:
+    from ..hub._control import ControlPlane
 
 __all__ = ["EventWebSocketFactory", "EventWebSocketProtocol", "WebSocketCarrier"]
 
@@ -69,6 +111,10 @@ CLOSE_INTERNAL_ERROR = 1011
 MAX_PING_ID = 256
 #: Largest ``since`` offset (offsets are 63-bit integers, as Redis stream ids).
 MAX_OFFSET = 2**63 - 1
+#: Every request type, as the error for an unknown one lists them.
+REQUEST_TYPES = (
+    "subscribe", "unsubscribe", "ping", *VERBS, "ack", "release", "unlisten", "unwatch",
+)
 
 
 class WebSocketCarrier(QueueingCarrier):
@@ -119,6 +165,11 @@ class WebSocketCarrier(QueueingCarrier):
         """True while the transport's buffer is full (the client is not reading)."""
         return self._paused
 
+    @property
+    def writable(self) -> bool:
+        """True while a frame sent now is written at once (open, not paused, none queued)."""
+        return self._writable
+
     def owe_pong(self, payload: bytes) -> None:
         """
         Answer a ping received while paused once the client reads again: only the latest
@@ -129,6 +180,9 @@ class WebSocketCarrier(QueueingCarrier):
 
     def resumeProducing(self) -> None:
         super().resumeProducing()
+        control = self.protocol.control
+        if self._writable and control is not None and control.listens:
+            control.drained()  # the queue is written out: auto-ack what it held
         pong = self._pong
         if pong is not None and not self._paused and not self.closed:
             self._pong = None
@@ -190,6 +244,8 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
 
     factory: EventWebSocketFactory
     carrier: WebSocketCarrier | None = None
+    #: The connection's control requests (listens, pending answers) once open.
+    control: ConnectionControl | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Raise autobahn's ConnectionDeny from the hook to refuse (e.g. a missing token).
@@ -207,6 +263,7 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(self.carrier, True)
+        self.control = ConnectionControl(self)
         self.factory.connections.add(self)
 
     def close_with(self, code: int, reason: str) -> None:
@@ -231,6 +288,8 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         self.factory.request_rate.forget(id(self))
         if self.carrier is not None:
             self.carrier.connection_lost()
+        if self.control is not None:
+            self.control.connection_lost()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -247,19 +306,27 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         request_type = None
         try:
             if self.factory.request_rate.take(id(self)) is not None:
-                raise BadRequest(
+                reason = (
                     f"too many requests: at most {self.factory.request_rate.rate:g} a second "
                     "on one connection; this one was not carried out"
                 )
+                control = None if isBinary else peek(payload)
+                if control is not None and self.control is not None:
+                    self.control.refuse(*control, "limit", reason)  # (its ref echoed)
+                    return
+                raise BadRequest(reason)
             if isBinary:
                 raise BadRequest("binary frames are not supported; send JSON text frames")
             request = parse_request(payload)
             request_type = request.get("type")
             handler = self._handlers.get(request_type) if isinstance(request_type, str) else None
             if handler is None:
+                if request_type in TYPES and self.control is not None:
+                    self.control.handle(request_type, request)
+                    return
                 raise BadRequest(
-                    f"unknown request type {show(request_type)}; "
-                    "expected 'subscribe', 'unsubscribe' or 'ping'"
+                    f"unknown request type {show(request_type)}; expected "
+                    + ", ".join(repr(t) for t in REQUEST_TYPES)
                 )
             handler(self, request)
         except (BadRequest, TypeError, ValueError) as e:
@@ -281,38 +348,7 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         if epoch is not None and not isinstance(epoch, str):
             raise BadRequest(f"epoch must be a string, got {show(epoch)}")
         key = (channel.name, event)
-        if key in self._subscriptions:
-            # Subscribing again would replay (since) or deliver (live) what this
-            # subscription already delivers: never twice to one subscription.
-            raise BadRequest(
-                f"already subscribed to {show(event)} on channel {show(channel.name)}; "
-                "unsubscribe first to subscribe again"
-            )
-        busy = next(
-            (e for c, e in self._resuming if c == channel.name
-             and (e == WILDCARD or event == WILDCARD)),
-            None,
-        )
-        if busy is not None:
-            # Its replay would repeat what this one delivers live meanwhile.
-            raise BadRequest(
-                f"the subscription to {show(busy)} on channel {show(channel.name)} is still "
-                "resuming; subscribe once it is subscribed"
-            )
-        if since is not None:
-            # A replay overlapping another subscription of this connection on the channel
-            # ("*" and a named event) would deliver that one's messages a second time.
-            overlap = next(
-                (e for c, e in self._subscriptions if c == channel.name
-                 and (e == WILDCARD or event == WILDCARD)),
-                None,
-            )
-            if overlap is not None:
-                raise BadRequest(
-                    f"a resume (since) of {show(event)} would replay what this connection's "
-                    f"subscription to {show(overlap)} on channel {show(channel.name)} "
-                    "delivered already; subscribe without since, or unsubscribe first"
-                )
+        self.check_subscribable(channel.name, event, since)
         if len(self._subscriptions) >= self.factory.max_subscriptions:
             raise BadRequest(
                 f"subscription limit reached ({self.factory.max_subscriptions} per connection)"
@@ -329,6 +365,54 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         d.addCallbacks(
             self._subscribed, self._subscribe_failed, callbackArgs=(key,), errbackArgs=(key,)
         )
+
+    def check_subscribable(self, name: str, event: str, since: object) -> None:
+        """
+        Raise :class:`BadRequest` if subscribing this connection to ``event`` of channel
+        ``name`` (resuming after ``since``, if not None) would deliver a message twice.
+        """
+        if (name, event) in self._subscriptions:
+            # Subscribing again would replay (since) or deliver (live) what this
+            # subscription already delivers: never twice to one subscription.
+            raise BadRequest(
+                f"already subscribed to {show(event)} on channel {show(name)}; "
+                "unsubscribe first to subscribe again"
+            )
+        busy = next(
+            (e for c, e in self._resuming if c == name and (e == WILDCARD or event == WILDCARD)),
+            None,
+        )
+        if busy is not None:
+            # Its replay would repeat what this one delivers live meanwhile.
+            raise BadRequest(
+                f"the subscription to {show(busy)} on channel {show(name)} is still "
+                "resuming; subscribe once it is subscribed"
+            )
+        if since is not None:
+            # A replay overlapping another subscription of this connection on the channel
+            # ("*" and a named event) would deliver that one's messages a second time.
+            overlap = next(
+                (e for c, e in self._subscriptions if c == name
+                 and (e == WILDCARD or event == WILDCARD)),
+                None,
+            )
+            if overlap is not None:
+                raise BadRequest(
+                    f"a resume (since) of {show(event)} would replay what this connection's "
+                    f"subscription to {show(overlap)} on channel {show(name)} "
+                    "delivered already; subscribe without since, or unsubscribe first"
+                )
+
+    def channel_removed(self, name: str) -> None:
+        """
+        The hub removed channel ``name`` (its subscribers got a ``gap`` with reason
+        ``"removed"`` and were unsubscribed): forget this connection's subscriptions and
+        listens on it, so the name may be subscribed to again once it is created anew.
+        """
+        for key in [k for k in self._subscriptions if k[0] == name]:
+            del self._subscriptions[key]
+        if self.control is not None:
+            self.control.channel_removed(name)
 
     def _subscribed(self, subscription: Subscription, key: tuple[str, str]) -> None:
         self._resuming.discard(key)
@@ -441,6 +525,12 @@ class EventWebSocketFactory(WebSocketServerFactory):
     :param max_request_rate: requests one connection may send a second, in bursts of as
         many; past it a request gets an ``error`` frame instead (``0``: no limit).
     :param clock: for the request rate (the reactor by default).
+    :param control: the hub's control plane
+        (:class:`~twisted_event_dispatcher.hub._control.ControlPlane`), which carries out
+        the control requests (``create_channel`` ... ``unwatch``); without it they get an
+        ``error`` frame with ``code`` ``unsupported``. Channels its hub removes are
+        forgotten by every connection.
+    :param max_listens: listens one connection may hold.
     """
 
     protocol = EventWebSocketProtocol  # type: ignore[assignment]
@@ -459,6 +549,8 @@ class EventWebSocketFactory(WebSocketServerFactory):
         authorize: Callable[[ConnectionRequest], None] | None = None,
         max_request_rate: float = 100.0,
         clock: IReactorTime | None = None,
+        control: ControlPlane | None = None,
+        max_listens: int = 100,
     ) -> None:
         super().__init__(url)  # type: ignore[no-untyped-call]
         if clock is None:
@@ -471,6 +563,8 @@ class EventWebSocketFactory(WebSocketServerFactory):
         )
         if max_subscriptions < 1:
             raise ValueError(f"max_subscriptions must be >= 1, got {max_subscriptions}")
+        if max_listens < 1:
+            raise ValueError(f"max_listens must be >= 1, got {max_listens}")
         check_queue_options(max_queue, overflow)
         self.channels = default_registry if channels is None else channels
         self.default_channel = default_channel
@@ -478,7 +572,11 @@ class EventWebSocketFactory(WebSocketServerFactory):
         self.max_queue = max_queue
         self.overflow = overflow
         self.authorize = authorize
+        self.control = control
+        self.max_listens = max_listens
         self.connections: set[EventWebSocketProtocol] = set()
+        if control is not None:
+            control.hub.hub_channels.removed_callbacks.append(self._channel_removed)
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             allowedOrigins=origin_patterns(allowed_origins),
             maxFramePayloadSize=max_message_size,
@@ -486,6 +584,10 @@ class EventWebSocketFactory(WebSocketServerFactory):
             # Tell an abusive client why (e.g. 1009 for a frame too big) before closing.
             failByDrop=False,
         )
+
+    def _channel_removed(self, name: str) -> None:
+        for connection in list(self.connections):
+            connection.channel_removed(name)
 
     def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server going away") -> None:
         """Close every connection (e.g. on shutdown) with a going-away code."""

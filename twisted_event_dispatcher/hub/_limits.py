@@ -41,8 +41,10 @@ _SECURITY_LINES = "".join(
 )
 
 
-def _response(code: int, reason: str, error: str, extra: str = "") -> bytes:
-    body = encode_json({"error": error}).encode()
+def _response(
+    code: int, reason: str, error: str, extra: str = "", error_code: str | None = None
+) -> bytes:
+    body = encode_json({"error": error, **({"code": error_code} if error_code else {})}).encode()
     return (
         f"HTTP/1.1 {code} {reason}\r\nconnection: close\r\ncontent-type: application/json\r\n"
         f"cache-control: no-store\r\n{_SECURITY_LINES}{extra}"

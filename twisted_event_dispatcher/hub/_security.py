@@ -252,6 +252,10 @@ def allowed_methods(resource: IResource) -> tuple[bytes, ...] | None:
     return tuple(sorted(found))
 
 
+#: The ``code`` of a refusal's JSON answer (the control plane's error codes, and these).
+_ERROR_CODES = {400: "bad_request", 403: "forbidden", 405: "method_not_allowed"}
+
+
 class _Refused(Resource):
     """Answers any method with the guard's refusal, as JSON."""
 
@@ -267,7 +271,8 @@ class _Refused(Resource):
             request.setHeader(b"allow", self.refusal.allow)
         request.setHeader(b"content-type", b"application/json")
         request.setHeader(b"cache-control", b"no-store")
-        return encode_json({"error": self.refusal.reason}).encode("utf-8")
+        code = _ERROR_CODES.get(self.refusal.code, "bad_request")
+        return encode_json({"error": self.refusal.reason, "code": code}).encode("utf-8")
 
 
 class GuardedSite(Site):

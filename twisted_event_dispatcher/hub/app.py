@@ -12,7 +12,7 @@ from typing import Any
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -23,7 +23,13 @@ from ..carriers.base import DROP_OLDEST
 from ..carriers.sse import SSEResource
 from ..carriers.websocket import EventWebSocketFactory
 from ..channels import ChannelRegistry, MemoryChannel
+from ..channels._names import check_count
+from ..channels.base import Channel
 from ..dispatcher import EventDispatcher
+from ._channel_resources import ChannelsResource
+from ._channels import HubChannels
+from ._control import ControlPlane
+from ._control_socket import ControlFactory, listen_control
 from ._limits import descriptor_shortfall, limit
 from ._publish import Publisher
 from ._security import Guard, GuardedSite
@@ -68,6 +74,8 @@ class Hub:
         gets a ``dropped`` notice) or ``"disconnect"``.
     :param max_rate: ``POST /events`` per second from one client address, in bursts of
         as many (at least one); more are answered 429 with ``Retry-After``. ``0``: no limit.
+    :param max_channels: channels that may exist at once (the default one included).
+    :param max_listeners: listeners one channel may have.
     """
 
     def __init__(
@@ -85,6 +93,8 @@ class Hub:
         max_body: int = 65536,
         max_frame: int = 65536,
         max_rate: float = 1000.0,
+        max_channels: int = 100,
+        max_listeners: int = 10000,
         clock: IReactorTime | None = None,
     ) -> None:
         self.token = token
@@ -97,21 +107,30 @@ class Hub:
         #: Bounds ``POST /events`` per client address (see ``max_rate``).
         self.post_rate = RateLimiter(max_rate, max(1, math.ceil(max_rate)), rate_clock)
         self.max_body = max_body
+        #: Largest WebSocket message and control-socket line from a client, in bytes.
+        self.max_frame = max_frame
         self.started = time.time()
         self.channels = ChannelRegistry()
         self.channel: Any
-        if redis_url is None:
-            self.backend = "memory"
-            self.channel = self.channels.get_or_create(
-                channel_name, MemoryChannel, history_size=history
-            )
-        else:
+        self.backend = "memory" if redis_url is None else "redis"
+
+        def make(name: str) -> Channel:
+            if redis_url is None:
+                return MemoryChannel(name, history_size=history, clock=clock)
             from ..channels.redis import RedisStreamChannel
 
-            self.backend = "redis"
-            self.channel = self.channels.get_or_create(
-                channel_name, RedisStreamChannel, history_size=history, url=redis_url
-            )
+            return RedisStreamChannel(name, history_size=history, url=redis_url)
+
+        self.channel = self.channels.register(make(channel_name))
+        #: The hub's channels: the default one (:attr:`channel`) and those made at run time.
+        self.hub_channels = HubChannels(
+            self.channels, make, self.channel, max_channels=max_channels
+        )
+        #: Listeners one channel may have (the control plane's ``r`` verb refuses more).
+        self.max_listeners = check_count(max_listeners, "max_listeners")
+        #: Carries out the control verbs for every transport (control socket, WebSocket,
+        #: ``POST /channels/...``).
+        self.control = ControlPlane(self)
         self.dispatcher = EventDispatcher(keywords, clock=clock)
         #: The ``after``-phase handler that publishes each event to the channel.
         self.publisher = Publisher(self.channel, rate_clock)
@@ -124,6 +143,7 @@ class Hub:
             overflow=overflow,
             max_message_size=max_frame,
             authorize=self._authorize_websocket,
+            control=self.control,
         )
         self.sse = SSEResource(
             channels=self.channels,
@@ -136,6 +156,7 @@ class Hub:
         root = static_root()
         root.putChild(b"events", EventsResource(self))
         root.putChild(b"health", HealthResource(self))
+        root.putChild(b"channels", ChannelsResource(self, self.control))
         root.putChild(b"ws", WebSocketEndpoint(self.websocket))
         root.putChild(b"sse", self.sse)
         #: Checks Origin and Host and the bytes of every request (see :mod:`._security`).
@@ -159,11 +180,8 @@ class Hub:
         self.bridge_id = await self.dispatcher.add_event_handler(self.publisher, "after")
 
     def stop(self) -> Deferred[Any]:
-        """Disconnect the channel's backend (after the dispatcher drained)."""
-        if self.backend == "redis":
-            d: Deferred[Any] = self.channel.disconnect()
-            return d
-        return Deferred.fromCoroutine(_nothing())
+        """Disconnect the channels' backend (after the dispatcher drained)."""
+        return self.hub_channels.close_all()
 
     def allow_host(self, host: str) -> None:
         """Accept requests whose ``Host`` is ``host`` (an IP address or a name), any port."""
@@ -225,10 +243,6 @@ class Hub:
         self.sse.close_all()
 
 
-async def _nothing() -> None:
-    return None
-
-
 class HubService(Service):
     """
     Runs a :class:`Hub` on an endpoint. Stopping (SIGTERM/SIGINT under twistd or
@@ -244,6 +258,12 @@ class HubService(Service):
         service checks the address it actually listens on and, if it is not a loopback
         one and the hub has no token, closes the port and fails :attr:`ready` (and stops
         the reactor).
+    :param control: the control socket's endpoint (None: none), listened on once the hub
+        started and before the HTTP endpoint; a TCP one must be on loopback.
+    :param control_mode: the file mode of a unix control socket (only who may use it
+        controls the hub: it has no token).
+    :param max_control_connections: control connections open at once; one more gets an
+        error line (``limit``) and is closed.
     """
 
     def __init__(
@@ -255,8 +275,24 @@ class HubService(Service):
         max_connections: int | None = 1000,
         header_timeout: float | None = 10.0,
         allow_public: bool = False,
+        control: IStreamServerEndpoint | None = None,
+        control_mode: int = 0o600,
+        max_control_connections: int = 100,
     ) -> None:
         self.hub = hub
+        self.control = control
+        self.control_mode = control_mode
+        #: Serves the control socket (None without ``control``).
+        self.control_factory: ControlFactory | None = None
+        if control is not None:
+            self.control_factory = ControlFactory(
+                hub.control,
+                max_line=hub.max_frame,
+                max_connections=max_control_connections,
+                max_queue=hub.websocket.max_queue,
+                overflow=hub.websocket.overflow,
+            )
+        self.control_port: IListeningPort | None = None
         self.endpoint = endpoint
         self.clock = clock
         self.max_connections = max_connections
@@ -292,6 +328,7 @@ class HubService(Service):
             header_timeout=self.header_timeout,
             clock=self.clock,
         )
+        d.addCallback(lambda _: Deferred.fromCoroutine(self._listen_control()))
         listened: Deferred[Any] = d.addCallback(lambda _: self.endpoint.listen(self.factory))
 
         def listening(port: IListeningPort) -> IListeningPort:
@@ -319,6 +356,9 @@ class HubService(Service):
 
         def failed(failure: Any) -> None:
             _log.critical("event hub could not start: {error}", error=failure.getErrorMessage())
+            if self.control_port is not None:
+                self.control_port.stopListening()
+                self.control_port = None
             self.ready.errback(failure)
             if self.stop_reactor_on_failure:
                 from twisted.internet import reactor
@@ -327,6 +367,12 @@ class HubService(Service):
 
         listened.addCallback(listening)
         listened.addErrback(failed)
+
+    async def _listen_control(self) -> None:
+        if self.control is not None and self.control_factory is not None:
+            self.control_port = await listen_control(
+                self.control, self.control_factory, self.control_mode
+            )
 
     def _exposed(self, address: Any) -> bool:
         """Listening on ``address`` (what was bound) would serve the network without a token."""
@@ -342,12 +388,17 @@ class HubService(Service):
 
     async def _stop(self) -> None:
         _log.info("event hub stopping: no new connections, draining events in flight")
+        if self.control_port is not None:
+            control, self.control_port = self.control_port, None
+            await maybeDeferred(control.stopListening)
         if self.port is not None:
             stopped = self.port.stopListening()
             if stopped is not None:
                 await stopped
         await self.hub.dispatcher.stop()
         self.hub.close_clients()
+        if self.control_factory is not None:
+            self.control_factory.close_all()
         await self.hub.stop()
         clock = self.clock
         if clock is None:
@@ -355,8 +406,9 @@ class HubService(Service):
 
             clock = reactor
         # give the clients a moment to answer the close handshake
+        controls = self.control_factory.connections if self.control_factory else set()
         for _ in range(100):
-            if not self.hub.websocket.connections and not self.hub.sse.streams:
+            if not self.hub.websocket.connections and not self.hub.sse.streams and not controls:
                 break
             await deferLater(clock, 0.02, lambda: None)
         _log.info("event hub stopped")

@@ -90,6 +90,14 @@ class HubOptions(usage.Options):
          "bursts of as many; more are answered 429 (0: no limit).", float],
         ["overflow", None, "drop-oldest", "When a client's queue is full: drop-oldest (it is "
          "told how many it missed) or disconnect."],
+        ["control", None, None, "Twisted endpoint of the control socket (e.g. "
+         "unix:/run/hub.sock): newline-delimited JSON requests; a TCP one only on loopback."],
+        ["control-mode", None, "600", "File mode (octal) of a unix control socket: who may "
+         "use it (there is no token on it)."],
+        ["max-control-connections", None, 100, "Control connections open at once.", int],
+        ["max-channels", None, 100, "Channels that may exist at once (the default one "
+         "included).", int],
+        ["max-listeners", None, 10000, "Listeners one channel may have.", int],
     ]
 
     def __init__(self) -> None:
@@ -189,6 +197,7 @@ class HubOptions(usage.Options):
                 f"refusing to listen on {where} without --token: anyone who can reach the "
                 "port could fire events and read them; give a --token, or bind 127.0.0.1"
             )
+        self._check_control()
         for origin in self["origins"]:
             if origin != "*" and "://" not in origin:
                 raise usage.UsageError(
@@ -198,3 +207,35 @@ class HubOptions(usage.Options):
                 origin_patterns([origin])
             except ValueError as e:
                 raise usage.UsageError(f"--origin: {e}") from None
+
+    def _check_control(self) -> None:
+        """``--control`` (loopback only, unless a unix socket), ``--control-mode``, bounds."""
+        for name in ("max-control-connections", "max-channels", "max-listeners"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1, got {self[name]}")
+        mode = self["control-mode"]
+        if isinstance(mode, str):
+            try:
+                self["control-mode"] = int(mode, 8)
+            except ValueError:
+                raise usage.UsageError(
+                    f"--control-mode is an octal file mode such as 600 or 660, got {mode!r}"
+                ) from None
+        if not 0 <= self["control-mode"] <= 0o777:
+            raise usage.UsageError(
+                f"--control-mode is an octal file mode from 0 to 777, got {mode!r}"
+            )
+        endpoint = self["control"]
+        if endpoint is None:
+            return
+        try:
+            interface = listen_interface(endpoint)
+        except ValueError as e:
+            raise usage.UsageError(f"--control {endpoint!r}: {e}") from None
+        if interface is not None and not is_loopback(interface):
+            where = {"": "all interfaces", "::": ":: (all interfaces)"}.get(interface, interface)
+            raise usage.UsageError(
+                f"refusing to serve the control socket on {where}: it has no token, so "
+                "anyone who can reach it could drive the hub; use a unix: socket, or "
+                "interface=127.0.0.1"
+            )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hmac
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources as package_files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -19,6 +21,7 @@ from ..channels.base import check_event_name
 from ..channels.message import MAX_DEPTH, encode_json, nested_deeper_than
 from ..errors import InvalidDataError
 from ..results import FireResult
+from ._health import describe_channels
 from ._limits import _response
 from ._publish import NotPublished
 
@@ -29,7 +32,11 @@ __all__ = [
     "EventsResource",
     "HealthResource",
     "HubRequest",
+    "PostRefusal",
     "WebSocketEndpoint",
+    "finish_with",
+    "read_json_object",
+    "refuse_post",
     "request_token",
     "static_root",
     "token_of",
@@ -37,7 +44,7 @@ __all__ = [
 
 _log = Logger(namespace="twisted_event_dispatcher.hub")
 
-_FIELDS = frozenset({"event", "keywords", "data"})
+_FIELDS = ("event", "keywords", "data")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -51,6 +58,16 @@ def respond(request: Request, code: int, payload: dict[str, Any]) -> bytes:
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return encode_json(payload).encode("utf-8")
+
+
+def finish_with(request: Request, body: bytes) -> None:
+    """
+    Write ``body`` as the whole answer of a request rendered later (``NOT_DONE_YET``),
+    with its ``Content-Length``, as a synchronous answer has (not chunked).
+    """
+    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    request.write(body)
+    request.finish()
 
 
 def token_of(header: str | None, query: list[bytes] | None) -> str | None:
@@ -90,6 +107,74 @@ def token_ok(expected: str | None, given: str | None) -> bool:
     return hmac.compare_digest(
         expected.encode("utf-8", "surrogatepass"), given.encode("utf-8", "surrogatepass")
     )
+
+
+class PostRefusal(NamedTuple):
+    """Why a POST is refused before its body is read: status, message, error code."""
+
+    status: int
+    message: str
+    code: str
+
+
+def refuse_post(hub: Hub, request: Request, what: str) -> PostRefusal | None:
+    """
+    The checks every POST of the hub makes before reading its body, cheapest first (a
+    flood, or a token guesser, costs as little as possible): the per-address rate
+    (``hub.post_rate``; 429 with ``Retry-After``), the token (400 if unreadable, 401 with
+    ``WWW-Authenticate``), the body size (413). None if the request may proceed; the
+    headers the refusal needs are set on ``request``. ``what`` names what is counted in
+    the 429 message ("events", "requests").
+    """
+    # First, so that a flood (or a token guesser) costs as little as possible.
+    wait = hub.post_rate.take(getattr(request.getClientAddress(), "host", None))
+    if wait is not None:
+        request.setHeader(b"retry-after", str(math.ceil(wait)).encode())
+        return PostRefusal(
+            429,
+            f"too many {what} from this address (at most {hub.post_rate.rate:g}"
+            " per second); retry later",
+            "limit",
+        )
+    try:
+        given = request_token(request)
+    except ValueError as e:
+        return PostRefusal(400, str(e), "bad_request")
+    if not token_ok(hub.token, given):
+        request.setHeader(b"www-authenticate", b'Bearer realm="event-hub"')
+        return PostRefusal(401, "a valid token is required", "unauthorized")
+    if getattr(request, "too_large", False):
+        return PostRefusal(413, f"the body is larger than {hub.max_body} bytes", "too_large")
+    return None
+
+
+def read_json_object(request: Request, fields: Sequence[str]) -> dict[str, Any]:
+    """
+    The request's body as a JSON object whose keys are among ``fields``, or ValueError
+    saying what is wrong: not UTF-8, nested deeper than ``MAX_DEPTH`` (refused before
+    parsing: ``json.loads`` would recurse once per level), not JSON (``NaN`` and numbers
+    out of a double's range included: browsers' ``JSON.parse`` refuses them), not an
+    object, or unknown fields (named, with the expected ones).
+    """
+    assert request.content is not None
+    try:
+        text = request.content.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the body is not UTF-8 (invalid byte at {e.start})") from None
+    if nested_deeper_than(text, MAX_DEPTH + 1):
+        raise ValueError(f"the body is nested deeper than {MAX_DEPTH} levels in 'data'")
+    try:
+        payload = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except ValueError as e:
+        raise ValueError(f"the body is not valid JSON: {e}") from None
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object")
+    unknown = sorted(set(payload) - set(fields))
+    if unknown:
+        quoted = [repr(name) for name in fields]
+        expected = ", ".join(quoted[:-1]) + " and " + quoted[-1] if len(quoted) > 1 else quoted[0]
+        raise ValueError(f"unknown field(s) {', '.join(map(repr, unknown))}; expected {expected}")
+    return payload
 
 
 class HubRequest(Request):
@@ -141,7 +226,8 @@ class HubRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         channel.transport.write(
             _response(
-                413, "Payload Too Large", f"the body is larger than {self.max_body} bytes"
+                413, "Payload Too Large", f"the body is larger than {self.max_body} bytes",
+                error_code="too_large",
             )
         )
         channel.loseConnection()
@@ -165,26 +251,9 @@ class EventsResource(Resource):
 
     def render_POST(self, request: Request) -> bytes | int:
         hub = self.hub
-        # First, so that a flood (or a token guesser) costs as little as possible.
-        wait = hub.post_rate.take(getattr(request.getClientAddress(), "host", None))
-        if wait is not None:
-            request.setHeader(b"retry-after", str(math.ceil(wait)).encode())
-            return respond(
-                request, 429,
-                {"error": f"too many events from this address (at most {hub.post_rate.rate:g}"
-                 " per second); retry later"},
-            )
-        try:
-            given = request_token(request)
-        except ValueError as e:
-            return respond(request, 400, {"error": str(e)})
-        if not token_ok(hub.token, given):
-            request.setHeader(b"www-authenticate", b'Bearer realm="event-hub"')
-            return respond(request, 401, {"error": "a valid token is required"})
-        if getattr(request, "too_large", False):
-            return respond(
-                request, 413, {"error": f"the body is larger than {hub.max_body} bytes"}
-            )
+        refused = refuse_post(hub, request, "events")
+        if refused is not None:
+            return respond(request, refused.status, {"error": refused.message})
         try:
             event, keywords, data = self._parse(request)
         except ValueError as e:
@@ -210,26 +279,7 @@ class EventsResource(Resource):
         The body as ``(event, keywords, data)``, or ValueError saying what is wrong: all
         of it is validated here, before any handler sees the event or anything is stored.
         """
-        assert request.content is not None
-        try:
-            text = request.content.read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"the body is not UTF-8 (invalid byte at {e.start})") from None
-        # Refused before parsing: json.loads would recurse once per level.
-        if nested_deeper_than(text, MAX_DEPTH + 1):
-            raise ValueError(f"the body is nested deeper than {MAX_DEPTH} levels in 'data'")
-        try:
-            payload = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
-        except ValueError as e:
-            raise ValueError(f"the body is not valid JSON: {e}") from None
-        if not isinstance(payload, dict):
-            raise ValueError("the body must be a JSON object")
-        unknown = sorted(set(payload) - _FIELDS)
-        if unknown:
-            raise ValueError(
-                f"unknown field(s) {', '.join(map(repr, unknown))}; "
-                "expected 'event', 'keywords' and 'data'"
-            )
+        payload = read_json_object(request, _FIELDS)
         if "event" not in payload:
             raise ValueError("missing field 'event'")
         try:
@@ -330,7 +380,14 @@ class WebSocketEndpoint(WebSocketResource):
 
 
 class HealthResource(Resource):
-    """``GET /health``: JSON status."""
+    """
+    ``GET /health``: JSON status (:meth:`Hub.health`), plus ``channels``: every channel
+    of the hub (the default one first, then in creation order) as ``{"name", "backend",
+    "subscribers", "listeners"}``. Counting a Redis channel's listeners asks Redis, so the
+    answer is rendered when every count is in; a count Redis cannot give (down, hung:
+    its calls fail within the channel's reply timeout) is ``null``, and ``status`` says
+    ``degraded`` with the reason.
+    """
 
     isLeaf = True
 
@@ -338,8 +395,22 @@ class HealthResource(Resource):
         super().__init__()  # type: ignore[no-untyped-call]
         self.hub = hub
 
-    def render_GET(self, request: Request) -> bytes:
-        return respond(request, 200, self.hub.health())
+    def render_GET(self, request: Request) -> int:
+        finished: list[object] = []
+        request.notifyFinish().addBoth(finished.append)
+        health = self.hub.health()
+
+        def write(channels: list[dict[str, Any]]) -> None:
+            if not finished:
+                finish_with(request, respond(request, 200, {**health, "channels": channels}))
+
+        def failed(failure: Failure) -> None:
+            _log.failure("GET /health failed", failure=failure)
+            if not finished:
+                finish_with(request, respond(request, 500, {"error": failure.getErrorMessage()}))
+
+        Deferred.fromCoroutine(describe_channels(self.hub)).addCallbacks(write, failed)
+        return NOT_DONE_YET
 
 
 def static_root() -> File:

@@ -40,12 +40,18 @@ def make_service(options: HubOptions, reactor: Any = None) -> HubService:
         max_body=options["max-body"],
         max_frame=options["max-frame"],
         max_rate=options["max-rate"],
+        max_channels=options["max-channels"],
+        max_listeners=options["max-listeners"],
     )
+    control = options["control"]
     return HubService(
         hub,
         serverFromString(reactor, options["listen"]),
         max_connections=options["max-connections"] or None,
         header_timeout=options["header-timeout"] or None,
+        control=serverFromString(reactor, control) if control is not None else None,
+        control_mode=options["control-mode"],
+        max_control_connections=options["max-control-connections"],
     )
 
 

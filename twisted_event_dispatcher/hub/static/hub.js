@@ -37,9 +37,11 @@ function connect() {
     for (const [event, state] of subscriptions) {
       send(subscribeRequest(event, wildcard && event !== "*" ? {since: null} : state));
     }
+    resumeListening();
   };
   socket.onmessage = (e) => handle(JSON.parse(e.data));
   socket.onclose = (e) => {
+    connectionLost();
     setStatus("closed", `disconnected (${e.code}${e.reason ? ": " + e.reason : ""})`);
     reconnects += 1;
     setTimeout(connect, retry);
@@ -86,8 +88,17 @@ function handle(message) {
     case "dropped":
       notice(`${message.count} event(s) dropped: this page was reading too slowly`, "gap");
       break;
+    case "result":
+      answered(message);
+      break;
+    case "mail":
+      showMail(message);
+      break;
+    case "listen_end":
+      listenEnded(message);
+      break;
     case "error":
-      notice(`error: ${message.reason}`, "gap");
+      if (!answered(message)) notice(`error: ${message.reason}`, "gap");
       break;
   }
 }
@@ -164,6 +175,219 @@ $("fire-form").onsubmit = async (e) => {
   const answer = await response.json();
   output.className = response.ok ? "ok" : "error";
   output.textContent = response.ok ? `fired: id ${answer.id}` : `${response.status}: ${answer.error}`;
+};
+
+// -- Listeners panel: the control plane's request types, on the same WebSocket ------------
+// Each request carries a "ref" that the hub echoes in its "result" or "error" frame, so an
+// answer is shown next to the form, listener or mail that asked.
+const listeners = new Map();   // listener id -> {id, li, button, output, state, autoAck}
+const pending = new Map();     // ref -> {output, done(result), failed(error frame | null)}
+const lastOutput = new Map();  // request type -> output, for an error frame without a ref
+const mailRows = new Map();    // [channel, listener, mail id] as JSON -> its mailbox row
+const MAX_MAIL_ROWS = 200;
+let nextRef = 1;
+
+function say(output, text, ok) {
+  output.className = ok ? "ok" : "error";
+  output.textContent = text;
+}
+
+function smallButton(text, title) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "small";
+  button.textContent = text;
+  button.title = title;
+  return button;
+}
+
+function control(message, output, done, failed = () => {}) {
+  lastOutput.set(message.type, output);
+  if (!socket || socket.readyState !== WebSocket.OPEN) {
+    say(output, "not connected: try again once the page has reconnected", false);
+    failed({});
+    return;
+  }
+  const ref = `ui-${nextRef++}`;
+  pending.set(ref, {output, done, failed});
+  socket.send(JSON.stringify({...message, ref}));
+}
+
+// A "result" or "error" frame, to the request that carried its ref. False: not the panel's.
+function answered(message) {
+  const entry = message.ref === undefined ? undefined : pending.get(message.ref);
+  pending.delete(message.ref);
+  if (message.type === "result") {
+    if (entry) entry.done(message);
+    return true;
+  }
+  const output = entry ? entry.output : lastOutput.get(message.request);
+  if (!output) return false;
+  say(output, `${message.code || "error"}: ${message.reason}`, false);
+  if (entry) entry.failed(message);
+  return true;
+}
+
+function connectionLost() {
+  for (const {output, failed} of pending.values()) {
+    say(output, "connection lost before the answer: it may or may not have been done", false);
+    failed(null);
+  }
+  pending.clear();
+  // Their streams reopen on the next connection; unacknowledged mail comes again.
+  for (const entry of listeners.values()) {
+    if (entry.state !== "idle") setListenState(entry, "resuming");
+  }
+}
+
+function resumeListening() {
+  for (const entry of listeners.values()) if (entry.state === "resuming") listen(entry);
+}
+
+function setListenState(entry, state) {
+  entry.state = state;
+  entry.li.dataset.state = state;
+  entry.button.textContent = state === "idle" ? "listen" : "stop";
+}
+
+function listen(entry) {
+  setListenState(entry, "opening");
+  control({type: "listen", listener: entry.id, auto_ack: entry.autoAck}, entry.output, () => {
+    setListenState(entry, "listening");
+    say(entry.output, entry.autoAck ? "listening (auto-ack)" : "listening", true);
+  }, (error) => { if (error) setListenState(entry, "idle"); });
+}
+
+function unlisten(entry) {
+  if (entry.state === "resuming") {
+    setListenState(entry, "idle");
+    return;
+  }
+  control({type: "unlisten", listener: entry.id}, entry.output, () => {
+    setListenState(entry, "idle");
+    say(entry.output, "stopped", true);
+  });
+}
+
+function listenEnded(message) {
+  const entry = listeners.get(message.listener);
+  if (!entry) return;
+  setListenState(entry, "idle");
+  say(entry.output, `stream ended: ${message.reason}`, false);
+}
+
+function addListener(id, group) {
+  if (listeners.has(id)) return;
+  const li = document.createElement("li");
+  li.dataset.listener = id;
+  const name = document.createElement("code");
+  name.textContent = id;
+  const groupName = document.createElement("span");
+  groupName.className = "hint";
+  groupName.textContent = group ? `group ${group}` : "";
+  const button = smallButton("listen", `open (or stop) the mailbox stream of ${id}`);
+  const remove = smallButton("remove", `remove listener ${id} from the channel`);
+  const output = document.createElement("output");
+  li.append(name, groupName, button, remove, output);
+  const entry = {id, li, button, output, state: "idle", autoAck: false};
+  button.onclick = () => {
+    if (entry.state !== "idle") return unlisten(entry);
+    entry.autoAck = $("auto-ack").checked;
+    listen(entry);
+  };
+  remove.onclick = () => control({type: "remove_listener", listener: id}, output, () => {
+    listeners.delete(id);
+    li.remove();
+    for (const tr of mailRows.values()) {
+      if (tr.dataset.listener === id && tr.lastChild.querySelector("button")) {
+        tr.lastChild.replaceChildren("listener removed");
+      }
+    }
+    say($("register-result"), `removed ${id}`, true);
+  });
+  listeners.set(id, entry);
+  setListenState(entry, "idle");
+  $("listeners").append(li);
+}
+
+function showMail(mail) {
+  const key = JSON.stringify([mail.channel, mail.listener, mail.id]);
+  const entry = listeners.get(mail.listener);
+  const tr = document.createElement("tr");
+  tr.className = "fresh";
+  tr.dataset.listener = mail.listener;
+  tr.dataset.id = mail.id;
+  const source = mail.request ? `${mail.source} (request)` : mail.source;
+  const cells = [time(), mail.listener, mail.id, mail.event, JSON.stringify(mail.data), source,
+    mail.deliveries];
+  cells.forEach((text, i) => {
+    const td = document.createElement("td");
+    td.textContent = String(text);
+    if (i === 4) td.className = "data";
+    tr.appendChild(td);
+  });
+  const cell = document.createElement("td");
+  if (entry && entry.autoAck && !mail.request) {  // (a request waits for its reply)
+    cell.textContent = "auto-acked";
+    cell.className = "acked";
+  } else {
+    const button = smallButton("ack", `acknowledge mail ${mail.id}: it will not come again`);
+    const output = document.createElement("output");
+    button.onclick = () => {
+      button.disabled = true;
+      const request = {type: "ack", channel: mail.channel, listener: mail.listener, id: mail.id};
+      control(request, output, () => {
+        cell.className = "acked";
+        cell.replaceChildren("acked");
+      }, () => { button.disabled = false; });
+    };
+    cell.append(button, output);
+  }
+  tr.appendChild(cell);
+  const old = mailRows.get(key);  // delivered again (a new stream): same row, updated
+  if (old) old.replaceWith(tr);
+  else $("mailbox-body").append(tr);
+  mailRows.set(key, tr);
+  for (const [oldest, row] of mailRows) {
+    if (mailRows.size <= MAX_MAIL_ROWS) break;
+    row.remove();
+    mailRows.delete(oldest);
+  }
+  $("mailbox-empty").hidden = true;
+}
+
+$("register-form").onsubmit = (e) => {
+  e.preventDefault();
+  const output = $("register-result");
+  const request = {type: "register"};
+  const id = $("register-id").value.trim();
+  const group = $("register-group").value.trim();
+  if (id) request.listener = id;
+  if (group) request.group = group;
+  control(request, output, (answer) => {
+    say(output, `registered ${answer.listener} on ${answer.channel}`, true);
+    addListener(answer.listener, group);
+    if (!$("dispatch-target").value) $("dispatch-target").value = answer.listener;
+  });
+};
+
+$("dispatch-form").onsubmit = (e) => {
+  e.preventDefault();
+  const output = $("dispatch-result");
+  let data;
+  try {
+    data = JSON.parse($("dispatch-data").value || "null");
+  } catch (error) {
+    say(output, `data is not valid JSON: ${error.message}`, false);
+    return;
+  }
+  const target = $("dispatch-target").value.trim();
+  const group = $("dispatch-kind").value === "group";
+  const request = group ? {type: "dispatch_group", group: target}
+    : {type: "dispatch", listener: target};
+  Object.assign(request, {event: $("dispatch-event").value.trim(), data});
+  control(request, output, (answer) => say(output, answer.id === null
+    ? `${request.event} sent to ${target}` : `dispatched to ${target}: mail ${answer.id}`, true));
 };
 
 $("clear").onclick = () => { $("log-body").replaceChildren(); $("empty").hidden = false; };

@@ -1,0 +1,290 @@
+"""
+ListenSession: a transport's connection attached to one listener's mailbox (the control
+verb ``l``). It turns each :class:`~twisted_event_dispatcher.listeners.mail.Mail` into a
+mail dict for the transport's :class:`ListenSink`, and carries out the client's ``ack``,
+``reply``, ``error`` and ``release`` by mail id.
+
+Flow control: at most ``m`` mails are unacknowledged at once (the attachment's
+``max_in_flight``). With auto-ack, a mail is acknowledged as it is written only while the
+sink is :attr:`ListenSink.writable`; mail written while the transport is paused waits
+for :meth:`ListenSession.resume`, so a client that stops reading stops getting mail once
+``m`` are in flight: the buffer in front of it stays bounded. A request (``"q": true``)
+is never auto-acknowledged: it is acknowledged when the client replies (or releases it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..carriers._requests import show
+from ..channels.message import encode_json
+from ..errors import InvalidDataError
+from ..listeners.listener import MAX_ERROR_MESSAGE
+from ._control_fields import ControlError
+
+if TYPE_CHECKING:
+    from ..channels.base import Channel
+    from ..listeners._backend import Attachment
+    from ..listeners.mail import Mail
+
+__all__ = ["CLIENT_ERROR", "ListenSession", "ListenSink"]
+
+_log = Logger(namespace="twisted_event_dispatcher.hub")
+
+#: The ``remote_type`` a requester gets when the client answers ``{"ack", "error"}``.
+CLIENT_ERROR = "ClientError"
+
+
+class ListenSink(Protocol):
+    """What a transport gives :meth:`~._control.ControlPlane.open_listen`."""
+
+    @property
+    def writable(self) -> bool:
+        """False while the transport is paused (its client is not reading)."""
+
+    def mail_line(self, mail: dict[str, Any]) -> None:
+        """
+        Write one mail: ``{"id", "t", "p", "n", "s", "r", "c"}`` (+ ``"q": true`` for a
+        request, ``"g"`` for group mail).
+        """
+
+    def end(self, reason: str) -> None:
+        """
+        The listener's consumer ended (``"removed"``, ``"replaced"``, ``"closed"``,
+        ``"failed"``): tell the client and close. Called once; no mail follows.
+        """
+
+
+def mail_dict(mail: Mail) -> dict[str, Any]:
+    """The mail line of ``mail`` (short keys, as the control socket writes it)."""
+    line: dict[str, Any] = {
+        "id": mail.id, "t": mail.event, "p": mail.data, "n": mail.deliveries,
+        "s": mail.source, "r": mail.listener, "c": mail.channel,
+    }
+    if mail.group is not None:
+        line["g"] = mail.group
+    if mail.correlation is not None:
+        line["q"] = True
+    return line
+
+
+class ListenSession:
+    """
+    One listen stream (made by :meth:`~._control.ControlPlane.open_listen`).
+
+    :ivar answer: the ``l`` answer (``{"ok": true, "r", "c"}``) to write before any mail.
+    :ivar reason: why the stream ended (None while it runs).
+    """
+
+    def __init__(
+        self, channel: Channel, listener_id: str, sink: ListenSink, auto_ack: bool
+    ) -> None:
+        self.channel = channel
+        self.listener_id = listener_id
+        self.answer: dict[str, Any] = {"ok": True, "r": listener_id, "c": channel.name}
+        self.reason: str | None = None
+        self._sink = sink
+        self._auto_ack = auto_ack
+        self._started = False
+        self._early: deque[Mail] = deque()  # delivered before the answer went out
+        # Written, not yet settled by the client, by id. (A listener's own mail and its
+        # group's mail have ids of their own: on Redis two in flight may share one.)
+        self._pending: dict[str, list[Mail]] = {}
+        self._written_paused: deque[Mail] = deque()  # auto-ack: written while paused
+        self._attachment: Attachment | None = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<ListenSession {self.channel.name}/{self.listener_id} in_flight={self.in_flight}>"
+
+    @property
+    def in_flight(self) -> int:
+        """Mails written and not yet settled."""
+        return sum(map(len, self._pending.values())) + len(self._written_paused)
+
+    # -- set up by the plane -------------------------------------------------------------
+
+    def _attached(self, attachment: Attachment) -> ListenSession:
+        self._attachment = attachment
+        if self._closing:
+            attachment.detach().addErrback(self._log_failure, "detaching")
+        return self
+
+    def start(self) -> None:
+        """The answer is written: write the mail that came meanwhile, then the end."""
+        self._started = True
+        while self._early and self.reason is None:
+            self._write(self._early.popleft())
+        if self.reason is not None:
+            self._sink.end(self.reason)
+
+    # -- MailSink ------------------------------------------------------------------------
+
+    def mail(self, mail: Mail) -> None:
+        if self.reason is not None or self._closing:
+            return  # on its way while closing: the detach gives it back
+        if not self._started:
+            self._early.append(mail)
+            return
+        self._write(mail)
+
+    def detached(self, reason: str) -> None:
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self._attachment = None
+        self._pending.clear()
+        self._written_paused.clear()
+        self._early.clear()
+        if self._started and not self._closing:
+            self._sink.end(reason)
+
+    def _write(self, mail: Mail) -> None:
+        sink = self._sink
+        sink.mail_line(mail_dict(mail))
+        if self._auto_ack and mail.correlation is None:
+            if sink.writable:
+                mail.ack().addErrback(self._log_failure, "acknowledging")
+            else:
+                self._written_paused.append(mail)
+        else:
+            self._pending.setdefault(mail.id, []).append(mail)
+
+    # -- the transport -------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """The transport takes writes again: acknowledge what auto-ack wrote while paused."""
+        written, self._written_paused = self._written_paused, deque()
+        for mail in written:
+            mail.ack().addErrback(self._log_failure, "acknowledging")
+
+    def client_line(self, line: object) -> Deferred[None]:
+        """
+        Carry out a client line of a listening connection: ``{"ack": id}``, ``{"ack": id,
+        "reply": value}``, ``{"ack": id, "error": message}`` or ``{"release": id}``. Fails
+        with :class:`ControlError` (``bad_request``: another line; ``unknown_mail``: no
+        such mail in flight; ``invalid_data``: a reply that is not JSON); nothing is done then.
+        """
+        try:
+            return self._client_line(line)
+        except ControlError as e:
+            failed: Deferred[None] = Deferred()
+            failed.errback(Failure(e))
+            return failed
+
+    def _client_line(self, line: object) -> Deferred[None]:
+        if not isinstance(line, dict):
+            raise ControlError("bad_request", "a line must be a JSON object")
+        if "release" in line:
+            if len(line) != 1:
+                raise ControlError("bad_request", "a release line is {\"release\": id} alone")
+            return self._settle(self._take(line["release"]), release=True)
+        if "ack" not in line:
+            raise ControlError(
+                "streaming",
+                "this connection is a listen stream: it accepts only {\"ack\": id} "
+                "(with \"reply\" or \"error\" for a request) and {\"release\": id}; "
+                "open another connection for other requests",
+            )
+        extra = sorted(k for k in line if k not in ("ack", "reply", "error"))
+        if extra:
+            raise ControlError(
+                "bad_request", f"unknown key(s) {', '.join(show(k) for k in extra[:5])} "
+                "in an ack line; it accepts ack, reply, error"
+            )
+        if "reply" in line and "error" in line:
+            raise ControlError("bad_request", "an ack line carries 'reply' or 'error', not both")
+        mail_id = line["ack"]
+        if "reply" in line or "error" in line:
+            mail = self._find(mail_id, request=True)
+            if mail.correlation is None or mail.reply_to is None:
+                raise ControlError(
+                    "bad_request", f"mail {show(mail_id)} is not a request: it takes no reply"
+                )
+            if "reply" in line:
+                try:
+                    value_json = encode_json(line["reply"])
+                except InvalidDataError as e:
+                    raise ControlError("invalid_data", f"the reply: {e}") from None
+                ok = True
+            else:
+                message = line["error"]
+                if not isinstance(message, str):
+                    raise ControlError(
+                        "bad_request", f"'error' must be a string, got {show(message)}"
+                    )
+                value_json = json.dumps(
+                    {"type": CLIENT_ERROR, "message": message[:MAX_ERROR_MESSAGE]}
+                )
+                ok = False
+            self._forget(mail)
+            replied = self.channel.mailboxes.reply(mail.reply_to, mail.correlation, ok, value_json)
+            return replied.addCallback(lambda _: self._settle(mail, release=False))
+        return self._settle(self._take(mail_id), release=False)
+
+    def _find(self, mail_id: object, request: bool = False) -> Mail:
+        """The mail in flight called ``mail_id`` (the first delivered; a request first)."""
+        if not isinstance(mail_id, str):
+            raise ControlError("bad_request", f"a mail id is a string, got {show(mail_id)}")
+        mails = self._pending.get(mail_id)
+        if not mails:
+            raise ControlError(
+                "unknown_mail",
+                f"mail {show(mail_id)} is not in flight on this stream (never sent, "
+                "acknowledged already, auto-acknowledged, or given back)",
+            )
+        if request:
+            return next((m for m in mails if m.correlation is not None), mails[0])
+        return mails[0]
+
+    def _forget(self, mail: Mail) -> None:
+        mails = self._pending[mail.id]
+        mails.remove(mail)
+        if not mails:
+            del self._pending[mail.id]
+
+    def _take(self, mail_id: object) -> Mail:
+        mail = self._find(mail_id)
+        self._forget(mail)
+        return mail
+
+    def _settle(self, mail: Mail, release: bool) -> Deferred[None]:
+        attachment = mail._attachment
+        if attachment is None:
+            return succeed(None)
+        settled = attachment.release(mail) if release else attachment.ack(mail)
+
+        def done(held: bool) -> None:
+            if not held:
+                raise ControlError(
+                    "unknown_mail",
+                    f"mail {show(mail.id)} was no longer this stream's (its ack deadline "
+                    "passed, or the listener was stopped): it went back for redelivery",
+                )
+
+        return settled.addCallback(done)
+
+    def close(self) -> Deferred[None]:
+        """The client is gone: detach; unacknowledged mail is redelivered to the next one."""
+        if self._closing:
+            return succeed(None)
+        self._closing = True
+        self._pending.clear()
+        self._written_paused.clear()
+        self._early.clear()
+        attachment, self._attachment = self._attachment, None
+        if attachment is None:
+            return succeed(None)
+        return attachment.detach()
+
+    def _log_failure(self, failure: Failure, doing: str) -> None:
+        _log.failure(
+            "channel {channel}: listen stream of {listener}: {doing} failed",
+            failure, channel=self.channel.name, listener=self.listener_id, doing=doing,
+        )

@@ -1,0 +1,535 @@
+"""
+The control socket: newline-delimited JSON over a stream (a UNIX socket, typically), one
+canonical request (see :mod:`._control`) per line, one answer line per request, written
+when it completes (so in completion order; ``i`` tells them apart).
+
+A connection is in one of three modes:
+
+* **requests** (at first): every line is a request of any verb. ``l`` or ``w`` turns it
+  into a stream (reading pauses until the stream's answer is written).
+* **listen** (after ``l``): mail lines ``{"id", "t", "p", "n", "s", "r", "c"}`` (+ ``"g"``,
+  ``"q": true``); the client sends ``{"ack": id}`` (+ ``"reply"`` or ``"error"``) and
+  ``{"release": id}``; any other line gets an error line. When the listener's consumer
+  ends: ``{"end": reason}``, then the hub closes the connection.
+* **watch** (after ``w``): the channel's broadcasts, each line exactly a WebSocket frame
+  (``{"type": "event"...}``, ``gap``, ``dropped``), through a bounded queue (the hub's
+  ``max_queue`` and ``overflow``). A ``gap`` with reason ``removed`` (the channel was
+  removed) is the last line: the hub closes the connection.
+
+Errors are lines ``{"error", "v", "code"}`` (+ ``"i"``); the connection stays usable,
+except for a line longer than ``max_line`` bytes (``code`` ``too_large``, then closed) and
+a connection beyond ``max_connections`` (``code`` ``limit``, then closed). Bounds: at
+most ``max_pending`` lines of one connection being carried out at once (beyond that the
+hub stops reading it), and the hub stops reading while the client does not read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IPushProducer,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..carriers._requests import clip
+from ..carriers.base import DROP_OLDEST, QueueingCarrier
+from ..channels.base import Gap
+from ..channels.message import MAX_DEPTH, Message, encode_json, nested_deeper_than
+from ._channels import REMOVED
+from ._control import ControlError, ControlPlane, ListenSession, error_answer, ref_of
+from .options import is_loopback
+
+__all__ = ["ControlFactory", "ControlProtocol", "WatchCarrier", "listen_control"]
+
+_log = Logger(namespace="twisted_event_dispatcher.hub")
+
+#: Lines of one connection carried out at once before the hub stops reading it.
+MAX_PENDING = 1000
+#: The reason a stream ends with when the hub stops.
+STOPPING = "stopping"
+
+
+class _Malformed(ValueError):
+    """A line that is no JSON object."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def parse_line(line: bytes) -> dict[str, Any]:
+    """A line as a JSON object, or :class:`ControlError` (``bad_request``) saying why not."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ControlError("bad_request", f"a line must be valid UTF-8 (byte {e.start})") from None
+    if not text.strip():
+        raise ControlError("bad_request", "empty line: send one JSON object per line")
+    if nested_deeper_than(text, MAX_DEPTH):
+        raise ControlError("bad_request", f"a line must not nest deeper than {MAX_DEPTH} levels")
+    try:
+        value = _decoder.decode(text)
+    except RecursionError:
+        raise ControlError(
+            "bad_request", f"a line must not nest deeper than {MAX_DEPTH} levels"
+        ) from None
+    except ValueError as e:
+        raise ControlError("bad_request", f"malformed JSON: {clip(str(e))}") from None
+    if not isinstance(value, dict):
+        raise ControlError(
+            "bad_request", f"a line must be a JSON object, got {type(value).__name__}"
+        )
+    return value
+
+
+def _line(value: dict[str, Any]) -> bytes:
+    return encode_json(value).encode("utf-8") + b"\n"
+
+
+class WatchCarrier(QueueingCarrier):
+    """A watching control connection: each line is what a WebSocket frame would carry."""
+
+    def __init__(self, protocol: ControlProtocol, max_queue: int, overflow: str) -> None:
+        super().__init__(max_queue, overflow)
+        self.protocol = protocol
+        transport: Any = protocol.transport
+        self._transport = transport
+        self._close_when_flushed = False
+
+    def _write_message(self, message: Message) -> None:
+        self._transport.write(message.encoded(WatchCarrier, _message_line))
+
+    def _write_control(self, frame: Any) -> None:
+        self._transport.write(frame)
+
+    def _gap_frame(self, channel: str, event: str, gap: Gap) -> bytes:
+        return _line({
+            "type": "gap", "channel": channel, "event": event, "since": gap.since,
+            "epoch": gap.epoch, "oldest": gap.oldest, "reason": gap.reason,
+        })
+
+    def notify_gap(self, channel: str, event: str, gap: Gap) -> None:
+        super().notify_gap(channel, event, gap)
+        if gap.reason == REMOVED:  # the channel is gone: nothing follows
+            self._close_when_flushed = True
+            self._maybe_close()
+
+    def _write_dropped(self, count: int) -> None:
+        self._write_control(_line({"type": "dropped", "count": count}))
+
+    def _overflowed(self) -> None:
+        _log.info(
+            "closing control connection {peer}: not reading, {n} lines queued ({policy})",
+            peer=self.protocol.peer, n=self.max_queue, policy=self.overflow,
+        )
+        self._transport.abortConnection()
+        self.connection_lost()
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()
+        self.protocol.pause_reading("writes")
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if not self.closed:
+            self.protocol.resume_reading("writes")
+        self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._close_when_flushed and not self.queued and not self.closed:
+            self.connection_lost()
+            self._transport.loseConnection()
+
+
+def _message_line(message: Message) -> bytes:
+    return message.json.encode("utf-8") + b"\n"
+
+
+@implementer(IPushProducer)
+class ControlProtocol(Protocol):
+    """One control connection (see the module doc)."""
+
+    factory: ControlFactory
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._processing = False
+        self._mode = "requests"  # "opening", "listen", "watch", "ended"
+        self._pending = 0
+        self._read_paused: set[str] = set()
+        self._write_paused = False
+        self._gone = False
+        self.session: ListenSession | None = None
+        self.carrier: WatchCarrier | None = None
+        self._requests: set[Deferred[Any]] = set()  # "q" answers awaited (cancelled at the end)
+        self.peer = "?"
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        peer: IAddress = transport.getPeer()
+        self.peer = str(getattr(peer, "name", None) or peer)
+        self.factory.connections.add(self)
+        transport.registerProducer(self, True)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._gone = True
+        self._mode = "ended"
+        self.factory.connections.discard(self)
+        session, self.session = self.session, None
+        if session is not None:
+            session.close().addErrback(self._bug, "closing a listen stream")
+        if self.carrier is not None:
+            self.carrier.connection_lost()
+        for request in list(self._requests):
+            request.cancel()
+
+    def close(self, reason: str = STOPPING) -> None:
+        """End the connection (the hub stops): a stream is told ``{"end": reason}``."""
+        if self._gone:
+            return
+        if self._mode == "listen":
+            self._write({"end": reason})
+        self._mode = "ended"
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    # -- IPushProducer (requests and listen modes) ---------------------------------------
+
+    def pauseProducing(self) -> None:
+        self._write_paused = True
+        self.pause_reading("writes")
+
+    def resumeProducing(self) -> None:
+        self._write_paused = False
+        if self.session is not None:
+            self.session.resume()
+        self.resume_reading("writes")
+
+    def stopProducing(self) -> None:
+        self._write_paused = True
+
+    def pause_reading(self, why: str) -> None:
+        """Stop reading the client (``why``: writes, pending, opening) until resumed."""
+        if not self._read_paused and not self._gone:
+            transport: Any = self.transport
+            transport.pauseProducing()
+        self._read_paused.add(why)
+
+    def resume_reading(self, why: str) -> None:
+        if why not in self._read_paused:
+            return
+        self._read_paused.discard(why)
+        if not self._read_paused and not self._gone:
+            transport: Any = self.transport
+            transport.resumeProducing()
+            self._process()
+
+    # -- ListenSink ----------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        return not self._write_paused and not self._gone
+
+    def mail_line(self, mail: dict[str, Any]) -> None:
+        self._write(mail)
+
+    def end(self, reason: str) -> None:
+        if self._mode != "listen" or self._gone:
+            return
+        self._write({"end": reason})
+        self._mode = "ended"
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._mode == "ended":
+            return
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        """Carry out the buffered lines, until reading is paused (re-entry: a no-op)."""
+        if self._processing:
+            return  # the loop below goes on, and sees whether reading was paused
+        self._processing = True
+        try:
+            max_line = self.factory.max_line
+            buffer, start = self._buffer, 0
+            while not self._read_paused and self._mode != "ended" and not self._gone:
+                end = buffer.find(b"\n", start)
+                if end < 0:
+                    if len(buffer) - start > max_line:
+                        self._too_large()
+                        return
+                    break
+                if end - start > max_line:
+                    self._too_large()
+                    return
+                line, start = buffer[start:end], end + 1
+                self._handle(line)
+            self._buffer = buffer[start:] if self._mode != "ended" else b""
+        finally:
+            self._processing = False
+
+    def _too_large(self) -> None:
+        self._send_error(
+            ControlError(
+                "too_large",
+                f"a line is longer than {self.factory.max_line} bytes; closing the connection",
+            ),
+            None, None,
+        )
+        self._mode = "ended"
+        self._buffer = b""
+        transport: Any = self.transport
+        transport.loseConnection()
+
+    def _handle(self, line: bytes) -> None:
+        request: Any = None
+        try:
+            request = parse_line(line)
+            if self._mode == "listen":
+                assert self.session is not None
+                self._track(
+                    self.session.client_line(request), request.get("v"), ref_of(request)
+                )
+            elif self._mode == "watch":
+                raise ControlError(
+                    "streaming", "this connection is a watch stream: it takes no requests; "
+                    "open another connection for them"
+                )
+            else:
+                verb = request.get("v")
+                if verb == "l":
+                    self._open_listen(request)
+                elif verb == "w":
+                    self._open_watch(request)
+                else:
+                    answered = self.factory.plane.execute(request)
+                    if verb == "q" and not answered.called:
+                        self._requests.add(answered)
+                        answered.addBoth(self._forget, answered)
+                    self._track(answered, request.get("v"), ref_of(request))
+        except Exception as e:
+            self._send_error(e, _verb(request), ref_of(request))
+
+    def _forget(self, result: object, request: Deferred[Any]) -> object:
+        self._requests.discard(request)
+        return result
+
+    def _track(self, answered: Deferred[Any], verb: object, ref: str | int | None) -> None:
+        """Count ``answered`` as pending until it fires; write its answer (or error)."""
+        if answered.called and not isinstance(answered.result, Deferred):
+            answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref))
+            return
+        self._pending += 1
+        if self._pending >= self.factory.max_pending:
+            self.pause_reading("pending")
+
+        def settled(result: object) -> object:
+            self._pending -= 1
+            if self._pending < self.factory.max_pending:
+                self.resume_reading("pending")
+            return result
+
+        answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref))
+        answered.addBoth(settled)
+
+    def _answer(self, answer: object) -> None:
+        if isinstance(answer, dict):  # (acks and releases answer nothing)
+            self._write(answer)
+
+    def _failed(self, failure: Failure, verb: object, ref: str | int | None) -> None:
+        if failure.check(CancelledError) and self._gone:
+            return
+        self._send_error(failure, verb, ref)
+
+    def _send_error(
+        self, error: BaseException | Failure, verb: object, ref: str | int | None
+    ) -> None:
+        self._write(error_answer(error, verb, ref))
+
+    def _write(self, value: dict[str, Any]) -> None:
+        if self._gone:
+            return
+        line = _line(value)
+        if self.carrier is not None:
+            self.carrier.send_control(line)
+        else:
+            transport: Any = self.transport
+            transport.write(line)
+
+    # -- streams -------------------------------------------------------------------------
+
+    def _open_listen(self, request: dict[str, Any]) -> None:
+        self._mode = "opening"
+        self.pause_reading("opening")
+        opened = self.factory.plane.open_listen(request, self)
+
+        def listening(session: ListenSession) -> None:
+            if self._gone:
+                session.close().addErrback(self._bug, "closing a listen stream")
+                return
+            self.session = session
+            self._mode = "listen"
+            self._write(session.answer)
+            session.start()
+            self.resume_reading("opening")
+
+        def failed(failure: Failure) -> None:
+            self._mode = "requests"
+            self._send_error(failure, "l", ref_of(request))
+            self.resume_reading("opening")
+
+        opened.addCallbacks(listening, failed).addErrback(self._bug, "opening a listen stream")
+
+    def _open_watch(self, request: dict[str, Any]) -> None:
+        self._mode = "opening"
+        self.pause_reading("opening")
+        transport: Any = self.transport
+        carrier = WatchCarrier(self, self.factory.max_queue, self.factory.overflow)
+        transport.unregisterProducer()
+        transport.registerProducer(carrier, True)
+        self.carrier = carrier
+        opened = self.factory.plane.open_watch(request, carrier)
+
+        def watching(answer: dict[str, Any]) -> None:
+            if self._gone:
+                return
+            self._mode = "watch"
+            self._write(answer)
+            self.resume_reading("opening")
+
+        def failed(failure: Failure) -> None:
+            if self._gone:
+                return
+            self.carrier = None
+            transport.unregisterProducer()
+            transport.registerProducer(self, True)
+            self._mode = "requests"
+            self._send_error(failure, "w", ref_of(request))
+            self.resume_reading("opening")
+
+        opened.addCallbacks(watching, failed).addErrback(self._bug, "opening a watch stream")
+
+    def _bug(self, failure: Failure, doing: str) -> None:
+        _log.failure("control connection {peer}: {doing} failed", failure,
+                     peer=self.peer, doing=doing)
+
+
+def _verb(request: object) -> object:
+    return request.get("v") if isinstance(request, dict) else None
+
+
+class _Refused(Protocol):
+    """A connection beyond ``max_connections``: one error line, then closed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(_line({
+            "error": f"too many control connections (at most {self.limit}); try again later",
+            "v": None, "code": "limit",
+        }))
+        transport.loseConnection()
+
+
+class ControlFactory(Factory):
+    """
+    Serves the control protocol for ``plane``.
+
+    :param max_line: longest line, in bytes (longer: ``too_large``, closed).
+    :param max_connections: control connections open at once.
+    :param max_pending: lines of one connection carried out at once.
+    :param max_queue: lines queued for a watching client that is not reading.
+    :param overflow: what happens when that queue is full (as for WebSocket clients).
+    """
+
+    def __init__(
+        self,
+        plane: ControlPlane,
+        *,
+        max_line: int = 65536,
+        max_connections: int = 100,
+        max_pending: int = MAX_PENDING,
+        max_queue: int = 1000,
+        overflow: str = DROP_OLDEST,
+    ) -> None:
+        self.plane = plane
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.max_queue = max_queue
+        self.overflow = overflow
+        self.connections: set[ControlProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        if len(self.connections) >= self.max_connections:
+            _log.warn("control connection refused: {n} open already (the limit)",
+                      n=len(self.connections))
+            refused = _Refused(self.max_connections)
+            refused.factory = self
+            return refused
+        protocol = ControlProtocol()
+        protocol.factory = self
+        return protocol
+
+    def close_all(self, reason: str = STOPPING) -> None:
+        """Close every control connection (streams get ``{"end": reason}`` first)."""
+        for connection in list(self.connections):
+            connection.close(reason)
+
+
+async def listen_control(
+    endpoint: IStreamServerEndpoint, factory: ControlFactory, mode: int = 0o600
+) -> IListeningPort:
+    """
+    Listen on ``endpoint`` with ``factory``. A unix socket gets file ``mode`` (set by
+    Twisted between ``bind`` and ``listen``, so nobody connects before it applies; a
+    stale socket file is replaced under Twisted's lock file). A TCP endpoint must be bound
+    to a loopback address (the socket has no token): otherwise it is closed and
+    :class:`RuntimeError` says why.
+    """
+    if isinstance(endpoint, UNIXServerEndpoint):
+        endpoint._mode = mode
+    port: IListeningPort = await endpoint.listen(factory)
+    address: Any = port.getHost()
+    if isinstance(address, IPv4Address | IPv6Address) and not is_loopback(address.host):
+        await maybeDeferred(port.stopListening)
+        raise RuntimeError(
+            f"refusing to serve the control socket on {address.host}: it has no token, so "
+            "anyone who can reach it could drive the hub; use a unix: socket or 127.0.0.1"
+        )
+    where = getattr(address, "name", None)
+    if isinstance(where, bytes):
+        where = where.decode("utf-8", "replace")
+    _log.info("control socket listening on {where}", where=where or str(address))
+    return port
