@@ -104,7 +104,8 @@ async def test_every_one_shot_verb(hub: ControlHub) -> None:
         "ok": True, "id": None
     }
     grouped = await client.request({"v": "g", "c": name, "g": "workers", "t": "job"})
-    assert grouped["ok"] is True and isinstance(grouped["id"], str)
+    assert grouped["ok"] is True and grouped["id"].startswith("g:")  # a group mail's id
+    assert not sent["id"].startswith("g:")
     first = await client.request({"v": "b", "c": name, "t": "news", "p": {"a": 1}})
     second = await client.request({"v": "b", "c": name, "t": "news"})
     assert first["ok"] is True and second["id"] == first["id"] + 1
@@ -204,6 +205,57 @@ async def test_bad_requests_get_a_specific_error_and_the_connection_stays_usable
     assert await client.request({"v": "b", "t": "still-usable"}) != {}
     assert not client.closed.called
     no_traceback(hub)
+
+
+def test_the_checker_names_fields_as_each_transport_does() -> None:
+    from twisted_event_dispatcher.carriers._ws_control import request_names
+    from twisted_event_dispatcher.hub._channel_resources import NAMES
+    from twisted_event_dispatcher.hub._control_fields import ControlError, check_request
+
+    ws = request_names()
+    cases: list[tuple[dict[str, Any], Any, str]] = [
+        # (request, names, the whole message)
+        ({"type": "dispatch", "listener": "a", "event": "x", "c": "y", "v": "d"}, ws,
+         "unknown field(s) 'c', 'v' for request 'dispatch'; it accepts channel, data, event, "
+         "listener, ref, type"),
+        ({"type": "dispatch"}, ws, "missing 'event', 'listener' for request 'dispatch'"),
+        ({"type": "d", "r": "a", "t": "x"}, ws, "unknown request 'd'; expected one of "
+         "create_channel register dispatch broadcast dispatch_group request listen watch "
+         "remove_listener remove_channel"),
+        ({"type": "request", "event": "x"}, ws, "request 'request' needs exactly one target: "
+         "'listener' (a listener) or 'group' (a group)"),
+        # a value the message quotes is the value as sent, whatever it looks like
+        ({"type": "dispatch", "listener": "a", "event": "_('t') 'r'"}, ws,
+         "'event': message type ('event') \"_('t') 'r'\" starts with '_', which is reserved"),
+        ({"type": "listen", "listener": "a", "max_in_flight": 0, "ref": 1}, ws,
+         "'max_in_flight' must be an integer from 1 to 1000, got 0"),
+        ({"type": "watch", "ref": 1.5}, ws, "'ref' must be a string or an integer, got 1.5"),
+        ({"v": "dispatch", "channel": "c", "listener": 5, "event": "x"}, NAMES,
+         "'listener': listener id must be a str, got int"),
+        ({"v": "dispatch_group", "channel": "c", "event": "x"}, NAMES,
+         "missing 'group' for request 'dispatch_group'"),
+        # the control socket's (the default): as before
+        ({"v": "q", "t": "x"}, None,
+         "verb 'q' needs exactly one target: 'r' (a listener) or 'g' (a group)"),
+        ({"v": "d", "r": "a", "t": "*"}, None,
+         "'t': message type ('t') '*' is only valid when subscribing"),
+        ({"v": "c", "channel": "x"}, None,
+         "unknown key(s) 'channel' for verb 'c'; it accepts c, i, v"),
+    ]
+    for request, names, message in cases:
+        with pytest.raises(ControlError) as raised:
+            if names is None:
+                check_request(request)
+            else:
+                check_request(request, names)
+        assert (raised.value.code, str(raised.value)) == ("bad_request", message), request
+    # translated into the canonical request
+    assert check_request({"type": "listen", "channel": "c", "listener": "a", "ref": "x",
+                          "auto_ack": True}, ws) == {
+        "v": "l", "c": "c", "r": "a", "a": True, "m": 100, "i": "x"
+    }
+    assert check_request({"v": "broadcast", "channel": "c", "event": "e", "data": [1]},
+                         NAMES) == {"v": "b", "c": "c", "t": "e", "p": [1]}
 
 
 @pytest_twisted.ensureDeferred
@@ -355,6 +407,7 @@ async def test_request_reply_across_connections(hub: ControlHub) -> None:
     requester.send({"v": "q", "c": name, "g": "pool", "t": "add", "i": 2})
     mail = await worker.next()
     assert mail["s"] == "group" and mail["g"] == "pool" and mail["q"] is True
+    assert mail["id"].startswith("g:")
     worker.send({"ack": mail["id"], "error": "cannot add"})
     failed = await requester.next()
     assert failed["code"] == "remote" and failed["remote_type"] == "ClientError"
@@ -526,13 +579,21 @@ async def test_two_hubs_on_redis_dispatch_on_a_reaches_a_stream_on_b(redis: Redi
         on_a, on_b = await a.connect(), await b.connect()
         assert await on_a.request({"v": "c", "c": "jobs"}) == {"c": "jobs"}
         assert await on_b.request({"v": "c", "c": "jobs"}) == {"c": "jobs"}
-        assert await on_b.request({"v": "r", "c": "jobs", "r": "w"}) == {"r": "w", "c": "jobs"}
+        assert await on_b.request({"v": "r", "c": "jobs", "r": "w", "g": "pool"}) == {
+            "r": "w", "c": "jobs"
+        }
         stream = await b.connect()
         assert (await stream.request({"v": "l", "c": "jobs", "r": "w"}))["ok"] is True
         sent = await on_a.request({"v": "d", "c": "jobs", "r": "w", "t": "job", "p": {"n": 1}})
         assert sent["ok"] is True
         mail = await stream.next(timeout=10)
         assert (mail["id"], mail["t"], mail["p"], mail["n"]) == (sent["id"], "job", {"n": 1}, 1)
+        # a group mail's id is its queue's stream id with "g:" in front; an own mail's, not
+        grouped = await on_a.request({"v": "g", "c": "jobs", "g": "pool", "t": "task"})
+        pooled = await stream.next(timeout=10)
+        assert (pooled["id"], pooled["s"], pooled["t"]) == (grouped["id"], "group", "task")
+        assert pooled["id"].startswith("g:") and not mail["id"].startswith("g:")
+        stream.send({"ack": pooled["id"]})
         # a request from hub A, answered on hub B's stream
         on_a.send({"v": "q", "c": "jobs", "r": "w", "t": "ask", "p": 2, "i": 9})
         asked = await stream.next(timeout=10)
@@ -544,6 +605,85 @@ async def test_two_hubs_on_redis_dispatch_on_a_reaches_a_stream_on_b(redis: Redi
     finally:
         await a.stop()
         await b.stop()
+
+
+class RecordingSink:
+    """A listen sink that keeps the mail lines it is given."""
+
+    writable = True
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.ends: list[str] = []
+
+    def mail_line(self, mail: dict[str, Any]) -> None:
+        self.lines.append(mail)
+
+    def end(self, reason: str) -> None:
+        self.ends.append(reason)
+
+
+@pytest_twisted.ensureDeferred
+async def test_own_and_group_mail_with_one_stream_id_are_settled_apart_on_redis(
+    redis: RedisServer,
+) -> None:
+    # On Redis a listener's own mail and its group's mail are entries of two streams:
+    # their ids can be equal. Set both streams' last id to the same (future) one, so the
+    # next entry of each gets the same id, and check the stream tells them apart.
+    import txredisapi
+
+    from tests._redis import until
+    from twisted_event_dispatcher.hub.app import Hub
+
+    hub = Hub(redis_url=redis.url)
+    await hub.start()
+    raw = await txredisapi.Connection(
+        "127.0.0.1", redis.port, reconnect=False, convertNumbers=False
+    )
+    session = None
+    try:
+        plane = hub.control
+        assert await plane.execute({"v": "c", "c": "jobs"}) == {"c": "jobs"}
+        await plane.execute({"v": "r", "c": "jobs", "r": "w", "g": "pool"})
+        channel = hub.hub_channels.get("jobs")
+        keys = channel.mailboxes.keys  # type: ignore[attr-defined]
+        mailbox, queue = keys.mailbox("w"), keys.group("pool")
+        future = "99999999999999-0"
+        for key in (mailbox, queue):
+            await raw.execute_command("XSETID", key, future)
+        sink = RecordingSink()
+        session = await plane.open_listen({"v": "l", "c": "jobs", "r": "w"}, sink)
+        session.start()
+        own = await plane.execute({"v": "d", "c": "jobs", "r": "w", "t": "own"})
+        asked = plane.execute({"v": "q", "c": "jobs", "g": "pool", "t": "ask", "p": 1})
+        await until(lambda: len(sink.lines) == 2)
+        by_event = {line["t"]: line for line in sink.lines}
+        own_id, group_id = by_event["own"]["id"], by_event["ask"]["id"]
+        assert own_id == own["id"] == "99999999999999-1"  # the same stream id...
+        assert group_id == "g:" + own_id  # ...shown apart
+        assert by_event["ask"]["q"] is True and "q" not in by_event["own"]
+        # each line settles exactly the mail it names: the own one is no request
+        with pytest.raises(ValueError, match="not a request"):
+            await session.client_line({"ack": own_id, "reply": "wrong one"})
+        await session.client_line({"ack": group_id, "reply": "right one"})
+        assert await asked == {"ok": True, "p": "right one"}
+
+        async def pending(key: str) -> int:
+            summary = await raw.execute_command("XPENDING", key, "g")
+            return int(summary[0])
+
+        assert (await pending(queue), await pending(mailbox)) == (0, 1)
+        assert session.in_flight == 1
+        await session.client_line({"ack": own_id})
+        assert (await pending(queue), await pending(mailbox)) == (0, 0)
+        assert session.in_flight == 0
+        with pytest.raises(ValueError, match="not in flight"):
+            await session.client_line({"ack": group_id})
+    finally:
+        if session is not None:
+            await session.close()
+        await raw.disconnect()
+        await hub.stop()
 
 
 # -- fuzz ----------------------------------------------------------------------------------

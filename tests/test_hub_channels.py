@@ -225,7 +225,8 @@ async def test_dispatch_broadcast_and_dispatch_group_reach_a_streaming_listener(
                                                                          "event": "task"})
     assert status == 202 and set(answer) == {"id", "channel"}
     mail = await next_mail(stream)
-    assert (mail.id, mail.event, mail.data) == (answer["id"], "task", None)
+    # the wire id of a group mail: its id in the group's queue, with "g:" in front
+    assert ("g:" + mail.id, mail.event, mail.data) == (answer["id"], "task", None)
 
     # start/stop without data stop and start the listener: no mail id.
     status, answer, _ = await post(local.port, base + "/dispatch",
@@ -580,6 +581,7 @@ async def test_channels_made_over_the_control_socket_are_served_over_http(
     assert status == 202
     mail = await stream.next()
     assert (mail["id"], mail["t"], mail["p"]) == (answer["id"], "task", [3])
+    assert mail["id"].startswith("g:")
 
     health = json.loads((await send(hub.port, request("GET", "/health"))).body)
     assert health["channels"] == [

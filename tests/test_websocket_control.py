@@ -145,8 +145,8 @@ def answers(client: Client) -> list[dict[str, Any]]:
     return [f for f in client.ws.inbox.frames if f.get("type") in ANSWERS]
 
 
-async def wait_answers(client: Client, count: int) -> None:
-    await until(client, lambda: len(answers(client)) >= count)
+async def wait_answers(client: Client, count: int, timeout: float = 5) -> None:
+    await until(client, lambda: len(answers(client)) >= count, timeout)
 
 
 # -- one-shot requests -------------------------------------------------------------------
@@ -177,7 +177,8 @@ async def test_every_one_shot_request(hub: WSHub) -> None:
                           "ref": control}
     grouped = await client.ok({"type": "dispatch_group", "channel": name, "group": "workers",
                                "event": "job"})
-    assert grouped["ok"] is True and isinstance(grouped["id"], str)
+    assert grouped["ok"] is True and grouped["id"].startswith("g:")  # a group mail's id
+    assert not sent["id"].startswith("g:")
     first = await client.ok({"type": "broadcast", "channel": name, "event": "news",
                              "data": {"a": 1}})
     second = await client.ok({"type": "broadcast", "channel": name, "event": "news"})
@@ -209,6 +210,8 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"type": "create_channel", "channel": 5}, "bad_request",
      "'channel': channel name must be a str"),
     ({"type": "create_channel", "channel": "_x"}, "bad_request", "reserved"),
+    ({"type": "create_channel", "channel": "_('t')"}, "bad_request",  # the value as sent
+     "'channel': channel name \"_('t')\" starts with '_'"),
     ({"type": "create_channel", "channel": "events"}, "exists", "'events'"),
     ({"type": "create_channel", "c": "x"}, "bad_request", "unknown field(s) 'c'"),
     ({"type": "create_channel", "bogus": 1}, "bad_request",
@@ -466,9 +469,16 @@ async def test_request_and_reply_between_two_connections(hub: WSHub) -> None:
                     "ref": "q3"})
     pooled = (await mail(worker, 4))[3]
     assert pooled["source"] == "group" and pooled["group"] == "g" and pooled["request"]
+    assert pooled["id"].startswith("g:") and not plain["id"].startswith("g:")
     await worker.ok({"type": "ack", "channel": name, "listener": "pool", "id": pooled["id"],
                      "reply": "pong"})
     assert (await requester.ws.wait(lambda f: f.get("ref") == "q3"))["data"] == "pong"
+    # the id dispatch_group answers is the id the listener sees and acks
+    grouped = await requester.ok({"type": "dispatch_group", "channel": name, "group": "g",
+                                  "event": "job"})
+    handed = (await mail(worker, 5))[4]
+    assert (handed["id"], handed["source"]) == (grouped["id"], "group")
+    await worker.ok({"type": "ack", "channel": name, "listener": "pool", "id": grouped["id"]})
     timed_out = await requester.call({"type": "request", "channel": name, "listener": "svc",
                                       "event": "slow", "timeout": 0.2})
     assert timed_out["code"] == "timeout"
@@ -642,14 +652,14 @@ async def test_requests_awaiting_their_answer_are_bounded_per_connection() -> No
     try:
         client = Client(await connect_ws(address.port))
         await client.ok({"type": "register", "listener": "busy", "mailbox_size": 5000})
-        for n in range(MAX_PENDING):  # nobody answers these for a second
-            client.send({"type": "request", "listener": "busy", "event": "x", "timeout": 1,
+        for n in range(MAX_PENDING):  # nobody answers these for 4 s (however slow the machine)
+            client.send({"type": "request", "listener": "busy", "event": "x", "timeout": 4,
                          "ref": n})
         refused = await client.call({"type": "broadcast", "event": "x", "ref": "over"})
         assert refused["code"] == "limit" and "awaiting their answer" in refused["reason"]
         stream = await client.call({"type": "ack", "listener": "busy", "id": "1"})
         assert "not listening" in stream["reason"], "acks are never held up"
-        await wait_answers(client, MAX_PENDING + 3)
+        await wait_answers(client, MAX_PENDING + 3, timeout=20)
         assert [f.get("code") for f in answers(client)[3:]] == ["timeout"] * MAX_PENDING
         assert (await client.ok({"type": "broadcast", "event": "x"}))["ok"] is True
         # and listens: at most max_listens

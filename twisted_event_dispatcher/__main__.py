@@ -3,8 +3,10 @@ Command line::
 
     python -m twisted_event_dispatcher serve [options]   # the event hub (default)
     python -m twisted_event_dispatcher demo              # fire example events, log phases
+    python -m twisted_event_dispatcher client [options] VERB ...   # drive a hub's control plane
 
-``serve`` takes the same options as ``twistd -n event-hub``; ``serve --help`` lists them.
+``serve`` takes the same options as ``twistd -n event-hub``; ``serve --help`` lists them;
+``client --help`` lists the client's verbs.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-USAGE = """usage: python -m twisted_event_dispatcher [serve|demo] [options]
+USAGE = """Usage: python -m twisted_event_dispatcher [serve|demo|client] [options]
 
   serve   run the event hub (the default); 'serve --help' lists its options
   demo    fire example events through a dispatcher's phases and log what ran
+  client  drive a running hub's control plane (create channels, register listeners,
+          dispatch, broadcast, listen, watch); 'client --help' lists its verbs
 """
 
 
@@ -97,13 +101,17 @@ def demo() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args[0] if args and not args[0].startswith("-") else "serve"
-    rest = args[1:] if args and args[0] == command else args
-    if command in ("-h", "--help", "help"):
+    if args and args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return 0
+    command = args[0] if args and not args[0].startswith("-") else "serve"
+    rest = args[1:] if args and args[0] == command else args
     if command == "serve":
         return serve(rest)
+    if command == "client":
+        from ._client_cli import run_client
+
+        return run_client(rest)
     if command == "demo":
         demo()
     sys.stderr.write(f"{USAGE}\nerror: unknown command {command!r}\n")

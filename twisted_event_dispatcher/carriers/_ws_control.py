@@ -1,14 +1,24 @@
 """
-The hub's control verbs over WebSocket: request frames with long field names, translated
-through ONE table (:data:`FIELDS`) to the control plane's canonical short-key request
-(:mod:`twisted_event_dispatcher.hub._control`), which carries every verb out; its answer
-is translated back into a ``result`` frame, its errors into an ``error`` frame with a
-``code``. The plane is the only place verbs are carried out, so a verb means the same
-over WebSocket as over the control socket and HTTP.
+The hub's control verbs over WebSocket: request frames with long field names, named by
+ONE table (:data:`FIELDS`, given to the control plane as :func:`request_names`), which
+checks a frame in those names (so its error messages name the fields as the client wrote
+them), translates it to its canonical short-key request
+(:mod:`twisted_event_dispatcher.hub._control`) and carries every verb out; its answer is
+translated back through the same table into a ``result`` frame, its errors into an
+``error`` frame with a ``code``. The plane is the only place verbs are carried out, so a
+verb means the same over WebSocket as over the control socket and HTTP.
+
+Mail ids are the plane's wire ids: a group mail's starts with ``g:`` (its id in the
+group's queue, which may equal an own mail's id), in ``mail`` frames, ``ack`` and
+``release`` and the ``dispatch_group`` result alike.
 
 A connection may hold several listens and watches and still send any request: frames are
 typed. Per connection: at most ``max_listens`` listens (the factory's), at most
-:data:`MAX_PENDING` requests awaiting their answer (more get ``code`` ``limit``). Every
+:data:`MAX_PENDING` requests awaiting their answer (more get ``code`` ``limit``). ``ack``
+and ``release`` frames are not counted against the request rate (the carrier skips them,
+so a listen never stalls), unless they fail: one that settles nothing (``unknown_mail``,
+``bad_request``, ...) spends a token, and past the rate its ``error`` frame says ``limit``
+instead, so a flood of bogus acknowledgements stays rate-limited. Every
 request of these types gets exactly one ``result`` or ``error`` frame, carrying its
 ``ref`` when it had a valid one (a string or an integer of at most 64 characters as
 JSON); bad input never closes the connection.
@@ -24,7 +34,7 @@ has drained), so a client that stops reading stops getting mail after ``max_in_f
 
 from __future__ import annotations
 
-import re
+from functools import cache
 from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet.defer import Deferred
@@ -36,10 +46,12 @@ from ..channels.message import encode_json
 from ._requests import BadRequest, clip, parse_request, show
 
 if TYPE_CHECKING:
-    from ..hub._control import ControlPlane, ListenSession
+    from ..hub._control import ControlPlane, ListenSession, Names
     from .websocket import EventWebSocketProtocol
 
-__all__ = ["FIELDS", "MAX_PENDING", "TYPES", "VERBS", "ConnectionControl", "peek"]
+__all__ = [
+    "FIELDS", "MAX_PENDING", "TYPES", "VERBS", "ConnectionControl", "peek", "request_names"
+]
 
 _log = Logger(namespace="twisted_event_dispatcher.websocket")
 
@@ -99,6 +111,8 @@ TYPES: Final = frozenset(VERBS) | frozenset(_STREAM_TYPES)
 Ref = str | int | None
 #: Requests of one connection awaiting their answer (a ``request`` may wait minutes).
 MAX_PENDING: Final = 1000
+#: Types that settle mail: counted against the request rate only when they fail.
+_SETTLING: Final = frozenset({"ack", "release"})
 
 
 class Refused(BadRequest):
@@ -130,40 +144,17 @@ def peek(payload: bytes) -> tuple[str, dict[str, Any]] | None:
     return (kind, frame) if isinstance(kind, str) and kind in TYPES else None
 
 
-def to_request(kind: str, frame: dict[str, Any]) -> dict[str, Any]:
+@cache
+def request_names() -> Names:
     """
-    The canonical request of a request frame of type ``kind`` (one of :data:`VERBS`).
-    :raises Refused: a field the verb does not take, or a required one missing (named
-        as the client wrote them).
+    How request frames name things, for the control plane: :data:`FIELDS`, the verb in
+    ``type`` (:data:`VERBS`), "request 'dispatch'" and "unknown field(s)" in messages.
     """
-    from ..hub._control_fields import _KEYS
+    from ..hub._control import Names  # (the hub imports this module)
 
-    verb = VERBS[kind]
-    allowed, required = _KEYS[verb]
-    request: dict[str, Any] = {"v": verb}
-    unknown = []
-    for name, value in frame.items():
-        if name == "type":
-            continue
-        key = FIELDS.get(name)
-        if key is None or (key not in allowed and key != "i"):
-            unknown.append(name)
-        else:
-            request[key] = value
-    if unknown:
-        accepted = sorted({_LONG[k] for k in allowed} | {"ref", "type"})
-        raise Refused(
-            "bad_request",
-            f"unknown field(s) {', '.join(show(k) for k in sorted(unknown)[:5])} for "
-            f"request {kind!r}; it accepts {', '.join(accepted)}",
-        )
-    missing = sorted(_LONG[k] for k in required if k not in request)
-    if missing:
-        raise Refused(
-            "bad_request",
-            f"missing {', '.join(repr(k) for k in missing)} for request {kind!r}",
-        )
-    return request
+    return Names(
+        _LONG, _TYPE_OF_VERB, verb_key="type", verb_word="request", field_word="field"
+    )
 
 
 def result(kind: str, answer: dict[str, Any]) -> dict[str, Any]:
@@ -180,32 +171,6 @@ def mail_frame(mail: dict[str, Any]) -> bytes:
     for key, value in mail.items():
         frame[_LONG.get(key, key)] = value
     return _frame(frame)
-
-
-_QUOTED = re.compile(r"verb '(\w+)'|'(\w+)'")
-
-
-def _long_names(match: re.Match[str]) -> str:
-    verb, key = match.group(1), match.group(2)
-    if verb is not None:
-        return f"request {_TYPE_OF_VERB.get(verb, verb)!r}"
-    return f"'{_LONG.get(key, key)}'"
-
-
-def long_reason(reason: str) -> str:
-    """
-    A plane's ``bad_request`` message with the fields it quotes named as WebSocket clients
-    write them: the leading ``'key'`` of a field's message (``'t': message type ('t')
-    ...``), or every quoted key of a message about verbs (``verb 'q' needs exactly one
-    target: 'r' ... or 'g' ...``). Values the message quotes further on are left alone.
-    """
-    if reason.startswith("verb "):
-        head, sep, rest = reason.partition(", got ")
-        return _QUOTED.sub(_long_names, head) + sep + rest
-    if reason.startswith("'"):
-        reason = _QUOTED.sub(_long_names, reason, count=1)
-        return reason.replace("('t')", "('event')", 1)
-    return reason
 
 
 class _Listen:
@@ -268,13 +233,12 @@ class ConnectionControl:
                     f"{MAX_PENDING} requests of this connection are awaiting their answer; "
                     "wait for some before sending more",
                 )
-            request = to_request(kind, frame)
             if kind == "listen":
-                self._listen(request, frame, ref)
+                self._listen(frame, ref)
             elif kind == "watch":
-                self._watch(request, frame, ref)
+                self._watch(frame, ref)
             else:
-                self._answer(kind, self.plane.execute(request), ref)
+                self._answer(kind, self.plane.execute(frame, request_names()), ref)
         except Exception as e:
             self.error(kind, e, ref)
 
@@ -301,6 +265,8 @@ class ConnectionControl:
 
     def error(self, kind: str, error: BaseException | Failure, ref: Ref) -> None:
         """The ``error`` frame of a failed request (``internal`` errors are logged)."""
+        if kind in _SETTLING:
+            error = self._count_failed(kind, error)
         value = error.value if isinstance(error, Failure) else error
         if isinstance(value, Refused):
             code, reason, remote = value.code, clip(str(value)), None
@@ -309,14 +275,29 @@ class ConnectionControl:
 
             answer = error_answer(error, VERBS.get(kind, kind))
             code, reason, remote = answer["code"], answer["error"], answer.get("remote_type")
-            if code == "bad_request":
-                reason = clip(long_reason(reason))
         frame: dict[str, Any] = {"type": "error", "reason": reason, "request": kind, "code": code}
         if remote is not None:
             frame["remote_type"] = remote
         if ref is not None:
             frame["ref"] = ref
         self.send(frame)
+
+    def _count_failed(
+        self, kind: str, error: BaseException | Failure
+    ) -> BaseException | Failure:
+        """
+        An ``ack``/``release`` that settled nothing spends a token of the request rate
+        (valid ones never do); past the rate its error becomes ``limit``.
+        """
+        rate = self.protocol.factory.request_rate
+        if rate.take(id(self.protocol)) is None:
+            return error
+        value = error.value if isinstance(error, Failure) else error
+        return Refused(
+            "limit",
+            f"too many requests: at most {rate.rate:g} a second on one connection, and an "
+            f"{kind} that settles no mail counts as one ({value})",
+        )
 
     def send(self, frame: dict[str, Any]) -> None:
         carrier = self.protocol.carrier
@@ -328,7 +309,7 @@ class ConnectionControl:
 
     # -- listen --------------------------------------------------------------------------
 
-    def _listen(self, request: dict[str, Any], frame: dict[str, Any], ref: Ref) -> None:
+    def _listen(self, frame: dict[str, Any], ref: Ref) -> None:
         assert self.plane is not None
         channel = frame.get("channel", self.protocol.factory.default_channel)
         listener = frame.get("listener")
@@ -348,7 +329,7 @@ class ConnectionControl:
         if key is not None:
             self.listens[key] = listen
         self.pending += 1
-        opened = self.plane.open_listen(request, listen)
+        opened = self.plane.open_listen(frame, listen, request_names())
         opened.addCallbacks(
             self._listening, self._listen_failed, callbackArgs=(listen, ref),
             errbackArgs=(listen, ref),
@@ -467,7 +448,7 @@ class ConnectionControl:
 
     # -- watch ---------------------------------------------------------------------------
 
-    def _watch(self, request: dict[str, Any], frame: dict[str, Any], ref: Ref) -> None:
+    def _watch(self, frame: dict[str, Any], ref: Ref) -> None:
         assert self.plane is not None
         protocol = self.protocol
         channel = frame.get("channel", protocol.factory.default_channel)
@@ -477,14 +458,14 @@ class ConnectionControl:
         if isinstance(channel, str):
             key = (channel, WILDCARD)
             try:
-                protocol.check_subscribable(channel, WILDCARD, request.get("since"))
+                protocol.check_subscribable(channel, WILDCARD, frame.get("since"))
             except BadRequest as e:
                 raise Refused("bad_request", str(e)) from None
             limit = protocol.factory.max_subscriptions
             if len(protocol._subscriptions) >= limit:
                 raise Refused("limit", f"subscription limit reached ({limit} per connection)")
             protocol._resuming.add(key)
-        watched = self.plane.open_watch(request, carrier)
+        watched = self.plane.open_watch(frame, carrier, request_names())
 
         def subscribed(answer: dict[str, Any]) -> dict[str, Any]:
             if key is not None:

@@ -70,7 +70,9 @@ cannot keep up under the ``disconnect`` policy, or that keeps asking without rea
 with a pong at once; while the client is not reading, only the latest ping is answered
 (RFC 6455 allows it), so a ping flood cannot grow the server. Requests past the
 factory's ``max_request_rate`` (per connection, per second) get an ``error`` frame and
-are not carried out. Each event frame is encoded
+are not carried out; ``ack`` and ``release`` frames are counted only when they fail (a
+valid one settles mail the hub sent, at most ``max_in_flight`` per listen, and refusing it
+would stall the listen). Each event frame is encoded
 once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
 """
 
@@ -91,7 +93,7 @@ from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_na
 from ..channels.message import Message, encode_json
 from ..errors import ChannelUnavailableError, InvalidDataError
 from ._requests import BadRequest, clip, parse_request, show
-from ._ws_control import TYPES, VERBS, ConnectionControl, peek
+from ._ws_control import TYPES, VERBS, ConnectionControl
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
 if TYPE_CHECKING:
@@ -111,6 +113,8 @@ CLOSE_INTERNAL_ERROR = 1011
 MAX_PING_ID = 256
 #: Largest ``since`` offset (offsets are 63-bit integers, as Redis stream ids).
 MAX_OFFSET = 2**63 - 1
+#: Frames that settle mail a listen delivered: not counted against the request rate.
+SETTLING = frozenset({"ack", "release"})
 #: Every request type, as the error for an unknown one lists them.
 REQUEST_TYPES = (
     "subscribe", "unsubscribe", "ping", *VERBS, "ack", "release", "unlisten", "unwatch",
@@ -305,20 +309,31 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         request_type = None
         try:
-            if self.factory.request_rate.take(id(self)) is not None:
+            request: dict[str, Any] | None = None
+            if not isBinary:
+                try:
+                    request = parse_request(payload)
+                except BadRequest:
+                    pass  # refused below, once counted against the rate
+                else:
+                    request_type = request.get("type")
+            # Acknowledgements are counted only when they fail (ConnectionControl.error):
+            # each valid one settles mail the hub sent (at most max_in_flight per listen),
+            # and refusing it would stall the listen stream.
+            rate = self.factory.request_rate
+            if request_type not in SETTLING and rate.take(id(self)) is not None:
                 reason = (
-                    f"too many requests: at most {self.factory.request_rate.rate:g} a second "
+                    f"too many requests: at most {rate.rate:g} a second "
                     "on one connection; this one was not carried out"
                 )
-                control = None if isBinary else peek(payload)
-                if control is not None and self.control is not None:
-                    self.control.refuse(*control, "limit", reason)  # (its ref echoed)
+                if request is not None and request_type in TYPES and self.control is not None:
+                    self.control.refuse(request_type, request, "limit", reason)  # (ref echoed)
                     return
                 raise BadRequest(reason)
             if isBinary:
                 raise BadRequest("binary frames are not supported; send JSON text frames")
-            request = parse_request(payload)
-            request_type = request.get("type")
+            if request is None:
+                request = parse_request(payload)  # raises why it is not a request
             handler = self._handlers.get(request_type) if isinstance(request_type, str) else None
             if handler is None:
                 if request_type in TYPES and self.control is not None:

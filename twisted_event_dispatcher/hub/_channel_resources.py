@@ -3,13 +3,14 @@
 fire-and-forget verbs over HTTP, for callers that hold no connection.
 
 Each request is checked as ``POST /events`` is (per-address rate ``hub.post_rate``, the
-token, the body bound, the Origin guard of the site), its JSON body is turned into the
-canonical control request (``listener`` -> ``r``, ``group`` -> ``g``, ``event`` -> ``t``,
-``data`` -> ``p``, the path's channel -> ``c``) and carried out by the hub's
-:class:`~._control.ControlPlane`, so each verb means exactly what it means on the control
-socket and the WebSocket. The answer is ``202`` with the plane's fields (``id``;
-``epoch`` for a broadcast) and ``channel``; an error is JSON ``{"error", "code"}`` with
-the status :data:`STATUS` maps the code to.
+token, the body bound, the Origin guard of the site), its JSON body (with the path's
+channel and verb) is given to the hub's :class:`~._control.ControlPlane` in the names of
+:data:`NAMES` (``listener`` for ``r``, ``group`` for ``g``, ``event`` for ``t``, ``data``
+for ``p``, ``channel`` for ``c``; the plane's messages name them so) and carried out
+there, so each verb means exactly what it means on the control socket and the
+WebSocket. The answer is ``202`` with the plane's fields (``id``: a group mail's starts
+with ``g:``, as its listener sees it; ``epoch`` for a broadcast) and ``channel``; an
+error is JSON ``{"error", "code"}`` with the status :data:`STATUS` maps the code to.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ..channels._names import check_event_name
-from ._control import ControlPlane, error_answer
+from ._control import ControlPlane, Names, error_answer
 from .resources import finish_with, read_json_object, refuse_post, respond
 
 if TYPE_CHECKING:
     from .app import Hub
 
-__all__ = ["STATUS", "ChannelsResource"]
+__all__ = ["NAMES", "STATUS", "ChannelsResource"]
 
 #: The HTTP status of each control error code; a code not listed is a 500 (a bug).
 STATUS: Final[dict[str, int]] = {
@@ -49,13 +50,20 @@ STATUS: Final[dict[str, int]] = {
     "unavailable": 503,
 }
 
-#: Path verb -> (control verb, body fields in the order error messages list them, the
-#: fields that are names and required, with the control key each one becomes).
-_VERBS: Final[dict[bytes, tuple[str, tuple[str, ...], dict[str, str]]]] = {
-    b"dispatch": ("d", ("listener", "event", "data"), {"listener": "r", "event": "t"}),
-    b"broadcast": ("b", ("event", "data"), {"event": "t"}),
-    b"dispatch_group": ("g", ("group", "event", "data"), {"group": "g", "event": "t"}),
+#: Path verb -> (body fields in the order error messages list them, the fields that are
+#: names and required).
+_VERBS: Final[dict[bytes, tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    b"dispatch": (("listener", "event", "data"), ("listener", "event")),
+    b"broadcast": (("event", "data"), ("event",)),
+    b"dispatch_group": (("group", "event", "data"), ("group", "event")),
 }
+#: How these requests name the control plane's fields and verbs (its messages use them).
+NAMES: Final = Names(
+    {"c": "channel", "r": "listener", "g": "group", "t": "event", "p": "data"},
+    {"d": "dispatch", "b": "broadcast", "g": "dispatch_group"},
+    verb_word="request",
+    field_word="field",
+)
 
 
 class _Refused(Exception):
@@ -106,7 +114,7 @@ class ChannelsResource(Resource):
             return _error(request, e.status, e.code, str(e))
         finished: list[object] = []
         request.notifyFinish().addBoth(finished.append)
-        done: Deferred[dict[str, Any]] = maybeDeferred(self.control.execute, command)
+        done: Deferred[dict[str, Any]] = maybeDeferred(self.control.execute, command, NAMES)
         done.addCallbacks(
             self._done,
             self._failed,
@@ -116,7 +124,7 @@ class ChannelsResource(Resource):
         return NOT_DONE_YET
 
     def _command(self, request: Request) -> dict[str, Any]:
-        """The canonical control request for ``request``, or :class:`_Refused`."""
+        """The control request (in :data:`NAMES`) for ``request``, or :class:`_Refused`."""
         path = request.postpath or []
         if len(path) != 2 or path[1] not in _VERBS:
             shown = request.path.decode("utf-8", "replace")
@@ -125,7 +133,7 @@ class ChannelsResource(Resource):
                 f"no such resource {shown[:200]!r}; use POST /channels/{{channel}}/"
                 + "|".join(v.decode() for v in _VERBS),
             )
-        verb, fields, names = _VERBS[path[1]]
+        fields, names = _VERBS[path[1]]
         try:
             channel = check_event_name(path[0].decode("utf-8"), "channel name")
         except UnicodeDecodeError:
@@ -138,15 +146,15 @@ class ChannelsResource(Resource):
             raise _Refused(400, "bad_request", f"the path's {e}") from None
         try:
             body = read_json_object(request, fields)
-            command: dict[str, Any] = {"v": verb, "c": channel}
-            for field, key in names.items():
+            command: dict[str, Any] = {"v": path[1].decode(), "channel": channel}
+            for field in names:
                 if field not in body:
                     raise ValueError(f"missing field {field!r}")
-                command[key] = check_event_name(body[field], repr(field))
+                command[field] = check_event_name(body[field], repr(field))
         except (TypeError, ValueError) as e:
             raise _Refused(400, "bad_request", str(e)) from None
         if "data" in body:
-            command["p"] = body["data"]
+            command["data"] = body["data"]
         if not self.hub.dispatcher.running:
             raise _Refused(503, "unavailable", "the hub is shutting down")
         return command
@@ -161,7 +169,7 @@ class ChannelsResource(Resource):
         if finished:
             return
         body = {k: v for k, v in answer.items() if k not in ("ok", "i", "v")}
-        body["channel"] = command["c"]
+        body["channel"] = command["channel"]
         finish_with(request, respond(request, 202, body))
 
     def _failed(

@@ -1,14 +1,22 @@
 """
 The control plane: the one place the hub's control verbs are carried out, whatever the
-transport (the UNIX control socket, WebSocket, HTTP). A transport parses its wire form
-into the canonical request (a dict with eric-sse's short keys), calls
-:class:`ControlPlane`, and renders the answer dict, or :func:`error_answer` of a failure.
+transport (the UNIX control socket, WebSocket, HTTP). A transport gives the plane a
+request in its own field names, described by a :class:`Names` (the control socket's are
+the canonical short keys of eric-sse, the default); the plane checks it, naming fields as
+the client wrote them, translates it into the canonical request, carries it out, and
+answers in the canonical keys, which the transport renders (or :func:`error_answer` of a
+failure).
 
 Canonical request: ``v`` the verb (``c r d b g q l w rl rc``), ``c`` the channel (default:
 the hub's), ``t`` the message type, ``p`` the payload, ``r`` a listener id, ``g`` a group,
 ``a`` auto-ack, ``m`` max in flight, ``since``/``epoch`` (watch), ``timeout`` (request),
 ``size``/``ack_timeout`` (register), ``i`` a reference echoed in the answer. See
 :mod:`._control_fields` for the bounds. Every field is checked before anything changes.
+
+Mail ids: a group mail's id is shown and taken as ``"g:" + mail.id`` (:func:`wire_id`),
+in mail lines and frames, acks, replies, releases and the answer of ``g`` (so what a
+sender gets is what the listener sees): own and group mail ids come from different id
+spaces (on Redis two streams), and the prefix keeps them apart on one listen stream.
 
 Error codes (``code`` of an error answer): ``bad_request``, ``unknown_channel``,
 ``unknown_listener``, ``unknown_group``, ``exists``, ``limit``, ``mailbox_full``,
@@ -44,8 +52,8 @@ from ..errors import (
     UnknownListenerError,
 )
 from ..interfaces import ICarrier
-from ._control_fields import VERBS, ControlError, check_request, ref_of
-from ._control_listen import ListenSession, ListenSink, mail_dict
+from ._control_fields import SHORT_NAMES, VERBS, ControlError, Names, check_request, ref_of
+from ._control_listen import GROUP_ID_PREFIX, ListenSession, ListenSink, mail_dict, wire_id
 
 if TYPE_CHECKING:
     from ..channels.base import Channel
@@ -57,9 +65,12 @@ __all__ = [
     "ControlPlane",
     "ListenSession",
     "ListenSink",
+    "Names",
+    "SHORT_NAMES",
     "error_answer",
     "mail_dict",
     "ref_of",
+    "wire_id",
 ]
 
 _log = Logger(namespace="twisted_event_dispatcher.hub")
@@ -135,14 +146,18 @@ class ControlPlane:
 
     # -- one-shot verbs ------------------------------------------------------------------
 
-    def execute(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def execute(
+        self, request: dict[str, Any], names: Names = SHORT_NAMES
+    ) -> Deferred[dict[str, Any]]:
         """
         Carry out a one-shot verb (``c r d b g q rl rc``); fires with the answer dict, or
         fails with :class:`ControlError` (bad input: nothing was done) or a library error
-        (see :func:`error_answer`). Never raises.
+        (see :func:`error_answer`). Never raises. ``request`` is written in ``names`` (the
+        transport's: see :class:`Names`), which its error messages name fields by; the
+        answer is in the canonical short keys.
         """
         try:
-            checked = check_request(request)
+            checked = check_request(request, names)
             verb = checked["v"]
             if verb in ("l", "w"):
                 raise ControlError(
@@ -151,7 +166,7 @@ class ControlPlane:
             answered = Deferred.fromCoroutine(getattr(self, "_verb_" + verb)(checked))
         except Exception as e:
             return fail(e)
-        ref = ref_of(request)
+        ref = checked.get("i")
         if ref is not None:
 
             def echo(answer: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +206,8 @@ class ControlPlane:
     async def _verb_g(self, request: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(request["c"])
         mail_id = await channel.dispatch_group(request["g"], request["t"], request["p"])
-        return {"ok": True, "id": mail_id}
+        # the id its listener will see: a group mail's wire id
+        return {"ok": True, "id": GROUP_ID_PREFIX + mail_id}
 
     async def _verb_b(self, request: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(request["c"])
@@ -217,16 +233,19 @@ class ControlPlane:
 
     # -- streams -------------------------------------------------------------------------
 
-    def open_listen(self, request: dict[str, Any], sink: ListenSink) -> Deferred[ListenSession]:
+    def open_listen(
+        self, request: dict[str, Any], sink: ListenSink, names: Names = SHORT_NAMES
+    ) -> Deferred[ListenSession]:
         """
         Verb ``l``: attach ``sink`` to listener ``r`` (replacing its consumer, whose stream
         ends ``"replaced"``). Fires with the :class:`ListenSession`: write its
         :attr:`~ListenSession.answer` (with ``i``) in the callback, then call
         :meth:`~ListenSession.start`, which writes the mail that came meanwhile. Later mail
-        goes to ``sink.mail_line``; the end to ``sink.end``. Fails as :meth:`execute`.
+        goes to ``sink.mail_line``; the end to ``sink.end``. Fails as :meth:`execute`;
+        ``names`` as there.
         """
         try:
-            checked = check_request(request)
+            checked = check_request(request, names)
             if checked["v"] != "l":
                 raise ControlError("bad_request", f"open_listen takes 'l', not {checked['v']!r}")
             channel = self._channel(checked["c"])
@@ -234,12 +253,14 @@ class ControlPlane:
             attached = channel.mailboxes.attach(checked["r"], session, checked["m"])
         except Exception as e:
             return fail(e)
-        ref = ref_of(request)
+        ref = checked.get("i")
         if ref is not None:
             session.answer["i"] = ref
         return attached.addCallback(session._attached)
 
-    def open_watch(self, request: dict[str, Any], carrier: ICarrier) -> Deferred[dict[str, Any]]:
+    def open_watch(
+        self, request: dict[str, Any], carrier: ICarrier, names: Names = SHORT_NAMES
+    ) -> Deferred[dict[str, Any]]:
         """
         Verb ``w``: subscribe ``carrier`` to every event (``"*"``) of channel ``c``,
         resuming after ``since`` (of ``epoch``). Fires with the answer ``{"ok": true, "c",
@@ -248,16 +269,16 @@ class ControlPlane:
         cannot resume) and the replayed messages, in that order, before any live one.
         The request is checked at once; the subscription starts in the next reactor turn
         (after the caller added its callbacks), so this holds for a channel that answers
-        synchronously (memory) too.
+        synchronously (memory) too. ``names`` as for :meth:`execute`.
         """
         try:
-            checked = check_request(request)
+            checked = check_request(request, names)
             if checked["v"] != "w":
                 raise ControlError("bad_request", f"open_watch takes 'w', not {checked['v']!r}")
             channel = self._channel(checked["c"])
         except Exception as e:
             return fail(e)
-        ref = ref_of(request)
+        ref = checked.get("i")
         answered: Deferred[dict[str, Any]] = Deferred()
 
         def got(subscription: Any) -> None:

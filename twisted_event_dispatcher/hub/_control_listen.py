@@ -4,19 +4,36 @@ verb ``l``). It turns each :class:`~twisted_event_dispatcher.listeners.mail.Mail
 mail dict for the transport's :class:`ListenSink`, and carries out the client's ``ack``,
 ``reply``, ``error`` and ``release`` by mail id.
 
+Mail ids on the wire: a listener's own mail and its group's mail come from two id spaces
+(on Redis, the entry ids of two streams, which can be equal), so the control plane shows
+a group mail's id as ``"g:" + mail.id`` (:func:`wire_id`) wherever it shows or takes one:
+mail lines and frames, ``ack``/``reply``/``error``/``release``, and the answer of the
+``g`` verb. Own mail ids are made of digits (``"17"`` in memory, a stream id such as
+``"1700000000000-0"`` on Redis), so they never start with ``g:``: a wire id names
+exactly one mail in flight on a stream. :attr:`Mail.id
+<twisted_event_dispatcher.listeners.mail.Mail.id>` itself is unchanged.
+
 Flow control: at most ``m`` mails are unacknowledged at once (the attachment's
 ``max_in_flight``). With auto-ack, a mail is acknowledged as it is written only while the
 sink is :attr:`ListenSink.writable`; mail written while the transport is paused waits
 for :meth:`ListenSession.resume`, so a client that stops reading stops getting mail once
 ``m`` are in flight: the buffer in front of it stays bounded. A request (``"q": true``)
 is never auto-acknowledged: it is acknowledged when the client replies (or releases it).
+
+Read-only streams (:meth:`ListenSession.read_only`): a client that half-closed its
+connection (eric-sse's ``SocketClient``) can send no acknowledgement, so from then on
+every mail is acknowledged as it is written (as with auto-ack, and only while the sink is
+writable); mail written before and still unacknowledged is acknowledged then; and a
+request (``"q": true``) is written, then failed back at once to its requester with
+``remote_type`` ``"ClientError"`` (:data:`READ_ONLY_REFUSAL`): nobody could reply to it,
+and releasing it would only hand it back to the same stream.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -33,12 +50,32 @@ if TYPE_CHECKING:
     from ..listeners._backend import Attachment
     from ..listeners.mail import Mail
 
-__all__ = ["CLIENT_ERROR", "ListenSession", "ListenSink"]
+__all__ = [
+    "CLIENT_ERROR", "GROUP_ID_PREFIX", "READ_ONLY_REFUSAL", "ListenSession", "ListenSink",
+    "wire_id",
+]
 
 _log = Logger(namespace="twisted_event_dispatcher.hub")
 
 #: The ``remote_type`` a requester gets when the client answers ``{"ack", "error"}``.
 CLIENT_ERROR = "ClientError"
+#: What a group mail's wire id starts with (see the module doc).
+GROUP_ID_PREFIX: Final = "g:"
+#: The error a request to a read-only stream fails with (``remote_type`` CLIENT_ERROR).
+READ_ONLY_REFUSAL: Final = (
+    "listener {listener}'s stream cannot reply: its client half-closed the connection "
+    "(it reads only), so requests to it fail at once"
+)
+
+
+def wire_id(mail: Mail) -> str:
+    """The id the control plane shows for ``mail``: ``"g:" + mail.id`` for group mail."""
+    return GROUP_ID_PREFIX + mail.id if mail.source == "group" else mail.id
+
+
+def _no_longer_held(failure: Failure) -> None:
+    """(A refused request that went back for redelivery meanwhile: nothing to settle.)"""
+    failure.trap(ControlError)
 
 
 class ListenSink(Protocol):
@@ -51,7 +88,7 @@ class ListenSink(Protocol):
     def mail_line(self, mail: dict[str, Any]) -> None:
         """
         Write one mail: ``{"id", "t", "p", "n", "s", "r", "c"}`` (+ ``"q": true`` for a
-        request, ``"g"`` for group mail).
+        request, ``"g"`` for group mail); ``id`` is the :func:`wire_id`.
         """
 
     def end(self, reason: str) -> None:
@@ -64,7 +101,7 @@ class ListenSink(Protocol):
 def mail_dict(mail: Mail) -> dict[str, Any]:
     """The mail line of ``mail`` (short keys, as the control socket writes it)."""
     line: dict[str, Any] = {
-        "id": mail.id, "t": mail.event, "p": mail.data, "n": mail.deliveries,
+        "id": wire_id(mail), "t": mail.event, "p": mail.data, "n": mail.deliveries,
         "s": mail.source, "r": mail.listener, "c": mail.channel,
     }
     if mail.group is not None:
@@ -93,12 +130,13 @@ class ListenSession:
         self._auto_ack = auto_ack
         self._started = False
         self._early: deque[Mail] = deque()  # delivered before the answer went out
-        # Written, not yet settled by the client, by id. (A listener's own mail and its
-        # group's mail have ids of their own: on Redis two in flight may share one.)
-        self._pending: dict[str, list[Mail]] = {}
+        # Written, not yet settled by the client, by wire id (unique on the stream: a
+        # redelivery of a mail still here replaces it, being the one the backend holds).
+        self._pending: dict[str, Mail] = {}
         self._written_paused: deque[Mail] = deque()  # auto-ack: written while paused
         self._attachment: Attachment | None = None
         self._closing = False
+        self._read_only = False
 
     def __repr__(self) -> str:
         return f"<ListenSession {self.channel.name}/{self.listener_id} in_flight={self.in_flight}>"
@@ -106,7 +144,7 @@ class ListenSession:
     @property
     def in_flight(self) -> int:
         """Mails written and not yet settled."""
-        return sum(map(len, self._pending.values())) + len(self._written_paused)
+        return len(self._pending) + len(self._written_paused)
 
     # -- set up by the plane -------------------------------------------------------------
 
@@ -148,15 +186,49 @@ class ListenSession:
     def _write(self, mail: Mail) -> None:
         sink = self._sink
         sink.mail_line(mail_dict(mail))
-        if self._auto_ack and mail.correlation is None:
-            if sink.writable:
-                mail.ack().addErrback(self._log_failure, "acknowledging")
-            else:
-                self._written_paused.append(mail)
+        if self._read_only and mail.correlation is not None:
+            self._refuse(mail)
+        elif self._auto_ack and mail.correlation is None:
+            self._auto_acknowledge(mail)
         else:
-            self._pending.setdefault(mail.id, []).append(mail)
+            self._pending[wire_id(mail)] = mail
+
+    def _auto_acknowledge(self, mail: Mail) -> None:
+        if self._sink.writable:
+            mail.ack().addErrback(self._log_failure, "acknowledging")
+        else:
+            self._written_paused.append(mail)
+
+    def _refuse(self, mail: Mail) -> None:
+        """Fail request ``mail`` back to its requester (a read-only stream), then ack it."""
+        assert mail.reply_to is not None and mail.correlation is not None
+        value_json = json.dumps({
+            "type": CLIENT_ERROR,
+            "message": READ_ONLY_REFUSAL.format(listener=show(self.listener_id)),
+        })
+        replied = self.channel.mailboxes.reply(mail.reply_to, mail.correlation, False, value_json)
+        replied.addCallback(lambda _: self._settle(mail, release=False))
+        replied.addErrback(_no_longer_held)
+        replied.addErrback(self._log_failure, "refusing a request")
 
     # -- the transport -------------------------------------------------------------------
+
+    def read_only(self) -> None:
+        """
+        The client will send nothing more (it half-closed the connection): acknowledge
+        mail as it is written from now on, acknowledge what it holds unacknowledged, and
+        fail requests back (see the module doc).
+        """
+        if self._read_only:
+            return
+        self._read_only = True
+        self._auto_ack = True
+        pending, self._pending = self._pending, {}
+        for mail in pending.values():
+            if mail.correlation is not None:
+                self._refuse(mail)
+            else:
+                self._auto_acknowledge(mail)
 
     def resume(self) -> None:
         """The transport takes writes again: acknowledge what auto-ack wrote while paused."""
@@ -167,7 +239,8 @@ class ListenSession:
     def client_line(self, line: object) -> Deferred[None]:
         """
         Carry out a client line of a listening connection: ``{"ack": id}``, ``{"ack": id,
-        "reply": value}``, ``{"ack": id, "error": message}`` or ``{"release": id}``. Fails
+        "reply": value}``, ``{"ack": id, "error": message}`` or ``{"release": id}``, where
+        ``id`` is the mail's wire id (:func:`wire_id`, as its mail line showed it). Fails
         with :class:`ControlError` (``bad_request``: another line; ``unknown_mail``: no
         such mail in flight; ``invalid_data``: a reply that is not JSON); nothing is done then.
         """
@@ -202,7 +275,7 @@ class ListenSession:
             raise ControlError("bad_request", "an ack line carries 'reply' or 'error', not both")
         mail_id = line["ack"]
         if "reply" in line or "error" in line:
-            mail = self._find(mail_id, request=True)
+            mail = self._find(mail_id)
             if mail.correlation is None or mail.reply_to is None:
                 raise ControlError(
                     "bad_request", f"mail {show(mail_id)} is not a request: it takes no reply"
@@ -223,35 +296,27 @@ class ListenSession:
                     {"type": CLIENT_ERROR, "message": message[:MAX_ERROR_MESSAGE]}
                 )
                 ok = False
-            self._forget(mail)
+            del self._pending[wire_id(mail)]
             replied = self.channel.mailboxes.reply(mail.reply_to, mail.correlation, ok, value_json)
             return replied.addCallback(lambda _: self._settle(mail, release=False))
         return self._settle(self._take(mail_id), release=False)
 
-    def _find(self, mail_id: object, request: bool = False) -> Mail:
-        """The mail in flight called ``mail_id`` (the first delivered; a request first)."""
+    def _find(self, mail_id: object) -> Mail:
+        """The mail in flight whose wire id is ``mail_id``."""
         if not isinstance(mail_id, str):
             raise ControlError("bad_request", f"a mail id is a string, got {show(mail_id)}")
-        mails = self._pending.get(mail_id)
-        if not mails:
+        mail = self._pending.get(mail_id)
+        if mail is None:
             raise ControlError(
                 "unknown_mail",
                 f"mail {show(mail_id)} is not in flight on this stream (never sent, "
                 "acknowledged already, auto-acknowledged, or given back)",
             )
-        if request:
-            return next((m for m in mails if m.correlation is not None), mails[0])
-        return mails[0]
-
-    def _forget(self, mail: Mail) -> None:
-        mails = self._pending[mail.id]
-        mails.remove(mail)
-        if not mails:
-            del self._pending[mail.id]
+        return mail
 
     def _take(self, mail_id: object) -> Mail:
         mail = self._find(mail_id)
-        self._forget(mail)
+        del self._pending[wire_id(mail)]
         return mail
 
     def _settle(self, mail: Mail, release: bool) -> Deferred[None]:
@@ -264,7 +329,7 @@ class ListenSession:
             if not held:
                 raise ControlError(
                     "unknown_mail",
-                    f"mail {show(mail.id)} was no longer this stream's (its ack deadline "
+                    f"mail {show(wire_id(mail))} was no longer this stream's (its ack deadline "
                     "passed, or the listener was stopped): it went back for redelivery",
                 )
 

@@ -8,13 +8,39 @@ A connection is in one of three modes:
 * **requests** (at first): every line is a request of any verb. ``l`` or ``w`` turns it
   into a stream (reading pauses until the stream's answer is written).
 * **listen** (after ``l``): mail lines ``{"id", "t", "p", "n", "s", "r", "c"}`` (+ ``"g"``,
-  ``"q": true``); the client sends ``{"ack": id}`` (+ ``"reply"`` or ``"error"``) and
-  ``{"release": id}``; any other line gets an error line. When the listener's consumer
-  ends: ``{"end": reason}``, then the hub closes the connection.
+  ``"q": true``; a group mail's ``id`` starts with ``g:``, see
+  :func:`~._control_listen.wire_id`); the client sends ``{"ack": id}`` (+ ``"reply"`` or
+  ``"error"``) and ``{"release": id}`` with the id as the line showed it; any other
+  line gets an error line. When the listener's consumer ends: ``{"end": reason}``, then
+  the hub closes the connection.
 * **watch** (after ``w``): the channel's broadcasts, each line exactly a WebSocket frame
   (``{"type": "event"...}``, ``gap``, ``dropped``), through a bounded queue (the hub's
   ``max_queue`` and ``overflow``). A ``gap`` with reason ``removed`` (the channel was
   removed) is the last line: the hub closes the connection.
+
+**Half-close** (eric-sse's ``SocketClient`` writes one request without a newline, shuts
+down its writing side and reads to the end): the protocol is an
+:class:`~twisted.internet.interfaces.IHalfCloseableProtocol`. At the client's end of
+data, an unterminated last line is a request line like any other (same checks, same
+``max_line``); every line is carried out and answered, then:
+
+* requests mode: once every answer is written (a ``q`` waits for its reply or timeout),
+  the hub closes the connection, so the client's read ends;
+* listen: the stream goes on, read-only (:meth:`~._control_listen.ListenSession.read_only`):
+  mail is acknowledged as it is written, what was unacknowledged is acknowledged then,
+  and a request is written and failed back at once to its requester (``remote``,
+  ``remote_type`` ``ClientError``: nobody can reply to it); it ends as usual with
+  ``{"end": reason}``, then the close;
+* watch: it goes on until it ends.
+
+A client that CLOSES its socket rather than half-closing is gone, as before: its
+connection ends (a listen's unacknowledged mail goes to the next stream; an unterminated
+last line and lines not read yet are dropped). On a UNIX socket the two are told apart
+by ``poll()`` (``POLLHUP``: both directions shut; checked at the end of data, and before
+each acknowledgement on a read-only stream, so mail is never acknowledged to a closed
+socket). On TCP they cannot be told apart until a write fails, so a listen stream there
+ends at the client's end of data as at a disconnect (its mail goes to the next stream),
+rather than risk acknowledging mail to a client that is gone.
 
 Errors are lines ``{"error", "v", "code"}`` (+ ``"i"``); the connection stays usable,
 except for a line longer than ``max_line`` bytes (``code`` ``too_large``, then closed) and
@@ -27,6 +53,8 @@ from __future__ import annotations
 
 import json
 import math
+import select
+import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -34,6 +62,7 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import (
     IAddress,
+    IHalfCloseableProtocol,
     IListeningPort,
     IPushProducer,
     IStreamServerEndpoint,
@@ -167,7 +196,27 @@ def _message_line(message: Message) -> bytes:
     return message.json.encode("utf-8") + b"\n"
 
 
-@implementer(IPushProducer)
+def _peer_closed(transport: Any) -> bool | None:
+    """
+    Whether the client closed its UNIX socket (not only its writing side): ``poll()``
+    reports ``POLLHUP`` only once both directions are shut. None when it cannot be told
+    (TCP: a close and a half-close look the same until a write fails).
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    handle = get_handle() if get_handle is not None else None
+    if not isinstance(handle, socket.socket) or not hasattr(select, "poll"):
+        return None
+    try:
+        if handle.family != socket.AF_UNIX:
+            return None
+        poller = select.poll()
+        poller.register(handle.fileno(), 0)  # (POLLHUP is always reported)
+        return any(events & select.POLLHUP for _, events in poller.poll(0))
+    except (OSError, ValueError):  # (the socket is closed already)
+        return True
+
+
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class ControlProtocol(Protocol):
     """One control connection (see the module doc)."""
 
@@ -184,6 +233,8 @@ class ControlProtocol(Protocol):
         self.session: ListenSession | None = None
         self.carrier: WatchCarrier | None = None
         self._requests: set[Deferred[Any]] = set()  # "q" answers awaited (cancelled at the end)
+        self._read_eof = False  # the client half-closed: no more data comes
+        self._read_only = False  # the listen stream went read-only at the end of data
         self.peer = "?"
 
     # -- connection ----------------------------------------------------------------------
@@ -196,6 +247,8 @@ class ControlProtocol(Protocol):
         transport.registerProducer(self, True)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._gone:
+            return  # (ended already, at the client's close: see readConnectionLost)
         self._gone = True
         self._mode = "ended"
         self.factory.connections.discard(self)
@@ -206,6 +259,48 @@ class ControlProtocol(Protocol):
             self.carrier.connection_lost()
         for request in list(self._requests):
             request.cancel()
+
+    def readConnectionLost(self) -> None:
+        """
+        The client's end of data: a half-close (carry out what came, its last line even
+        unterminated; see the module doc) or a close (the client is gone: end).
+        """
+        self._read_eof = True
+        if self._gone or self._mode == "ended":
+            return
+        if _peer_closed(self.transport):
+            # Gone: end now, not when the transport's connectionLost comes (a reactor
+            # turn later), so no mail is written (and auto-acknowledged) meanwhile.
+            self._buffer = b""
+            self.connectionLost()
+            transport: Any = self.transport
+            transport.abortConnection()
+            return
+        self._process()
+
+    def writeConnectionLost(self) -> None:
+        """(The hub never half-closes its side.)"""
+
+    def _after_eof(self) -> None:
+        """
+        Everything the half-closed client sent is read: close once every answer is out
+        (requests mode); a listen stream goes read-only (UNIX) or ends (TCP).
+        """
+        if not self._read_eof or self._gone or self._buffer:
+            return
+        transport: Any = self.transport
+        if self._mode == "requests" and self._pending == 0:
+            self._mode = "ended"
+            transport.loseConnection()  # (after what is written is flushed)
+        elif self._mode == "listen" and not self._read_only and self.session is not None:
+            self._read_only = True
+            if _peer_closed(transport) is None:  # TCP: it may be gone (module doc)
+                self._mode = "ended"
+                session, self.session = self.session, None  # (detached now: see above)
+                session.close().addErrback(self._bug, "closing a listen stream")
+                transport.loseConnection()
+            else:
+                self.session.read_only()
 
     def close(self, reason: str = STOPPING) -> None:
         """End the connection (the hub stops): a stream is told ``{"end": reason}``."""
@@ -234,7 +329,9 @@ class ControlProtocol(Protocol):
 
     def pause_reading(self, why: str) -> None:
         """Stop reading the client (``why``: writes, pending, opening) until resumed."""
-        if not self._read_paused and not self._gone:
+        # (after the end of data the transport reads no more: resuming it would read the
+        # end again)
+        if not self._read_paused and not self._gone and not self._read_eof:
             transport: Any = self.transport
             transport.pauseProducing()
         self._read_paused.add(why)
@@ -244,15 +341,19 @@ class ControlProtocol(Protocol):
             return
         self._read_paused.discard(why)
         if not self._read_paused and not self._gone:
-            transport: Any = self.transport
-            transport.resumeProducing()
+            if not self._read_eof:
+                transport: Any = self.transport
+                transport.resumeProducing()
             self._process()
 
     # -- ListenSink ----------------------------------------------------------------------
 
     @property
     def writable(self) -> bool:
-        return not self._write_paused and not self._gone
+        if self._write_paused or self._gone:
+            return False
+        # a read-only stream: no acknowledgement of mail written to a closed socket
+        return not (self._read_only and _peer_closed(self.transport))
 
     def mail_line(self, mail: dict[str, Any]) -> None:
         self._write(mail)
@@ -274,28 +375,37 @@ class ControlProtocol(Protocol):
         self._process()
 
     def _process(self) -> None:
-        """Carry out the buffered lines, until reading is paused (re-entry: a no-op)."""
+        """
+        Carry out the buffered lines, until reading is paused (re-entry: a no-op); after
+        the client's end of data, the last one even unterminated, then :meth:`_after_eof`.
+        """
         if self._processing:
             return  # the loop below goes on, and sees whether reading was paused
         self._processing = True
         try:
-            max_line = self.factory.max_line
-            buffer, start = self._buffer, 0
-            while not self._read_paused and self._mode != "ended" and not self._gone:
-                end = buffer.find(b"\n", start)
-                if end < 0:
-                    if len(buffer) - start > max_line:
-                        self._too_large()
-                        return
-                    break
-                if end - start > max_line:
-                    self._too_large()
-                    return
-                line, start = buffer[start:end], end + 1
-                self._handle(line)
-            self._buffer = buffer[start:] if self._mode != "ended" else b""
+            self._process_lines()
         finally:
             self._processing = False
+        self._after_eof()
+
+    def _process_lines(self) -> None:
+        max_line = self.factory.max_line
+        buffer, start = self._buffer, 0
+        while not self._read_paused and self._mode != "ended" and not self._gone:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                if len(buffer) - start > max_line:
+                    self._too_large()
+                    return
+                if not self._read_eof or start >= len(buffer):
+                    break
+                end = len(buffer)  # the last line, unterminated: the client's end
+            if end - start > max_line:
+                self._too_large()
+                return
+            line, start = buffer[start:end], end + 1
+            self._handle(line)
+        self._buffer = buffer[start:] if self._mode != "ended" else b""
 
     def _too_large(self) -> None:
         self._send_error(
@@ -356,6 +466,7 @@ class ControlProtocol(Protocol):
             self._pending -= 1
             if self._pending < self.factory.max_pending:
                 self.resume_reading("pending")
+            self._after_eof()  # (a half-closed client: its last answer may be out)
             return result
 
         answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref))

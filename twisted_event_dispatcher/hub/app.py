@@ -74,6 +74,9 @@ class Hub:
         gets a ``dropped`` notice) or ``"disconnect"``.
     :param max_rate: ``POST /events`` per second from one client address, in bursts of
         as many (at least one); more are answered 429 with ``Retry-After``. ``0``: no limit.
+    :param max_request_rate: requests a second on one WebSocket connection (subscribe,
+        control verbs; ``ack`` and ``release`` are not counted), in bursts of as many; more
+        get an ``error`` frame with code ``limit``. ``0``: no limit.
     :param max_channels: channels that may exist at once (the default one included).
     :param max_listeners: listeners one channel may have.
     """
@@ -93,6 +96,7 @@ class Hub:
         max_body: int = 65536,
         max_frame: int = 65536,
         max_rate: float = 1000.0,
+        max_request_rate: float = 1000.0,
         max_channels: int = 100,
         max_listeners: int = 10000,
         clock: IReactorTime | None = None,
@@ -143,6 +147,7 @@ class Hub:
             overflow=overflow,
             max_message_size=max_frame,
             authorize=self._authorize_websocket,
+            max_request_rate=max_request_rate,
             control=self.control,
         )
         self.sse = SSEResource(

@@ -88,6 +88,9 @@ class HubOptions(usage.Options):
         ["max-queue", None, 1000, "Messages queued for a client that is not reading.", int],
         ["max-rate", None, 1000.0, "POST /events per second from one client address, in "
          "bursts of as many; more are answered 429 (0: no limit).", float],
+        ["max-request-rate", None, 1000.0, "Requests a second on one WebSocket connection "
+         "(acks not counted), in bursts of as many; more get an error frame (0: no limit).",
+         float],
         ["overflow", None, "drop-oldest", "When a client's queue is full: drop-oldest (it is "
          "told how many it missed) or disconnect."],
         ["control", None, None, "Twisted endpoint of the control socket (e.g. "
@@ -184,7 +187,7 @@ class HubOptions(usage.Options):
         self["level"] = LogLevel.levelWithName(self["log-level"])
         if self["token"] is not None and not self["token"]:
             raise usage.UsageError("--token must not be empty")
-        for name in ("max-connections", "header-timeout", "max-rate"):
+        for name in ("max-connections", "header-timeout", "max-rate", "max-request-rate"):
             if not 0 <= self[name] < float("inf"):
                 raise usage.UsageError(f"--{name} must be 0 (no limit) or more, got {self[name]}")
         try:
