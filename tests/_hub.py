@@ -7,7 +7,7 @@ import re
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -21,7 +21,8 @@ class HubProcess(ProcessProtocol):
     def __init__(self) -> None:
         self.output = b""
         self.url = ""  # http://127.0.0.1:PORT/ once the hub listens
-        self.listening: Deferred[str] = Deferred()
+        self._listened: str | Failure | None = None
+        self._listening: list[Deferred[str]] = []
         self.ended: Deferred[int] = Deferred()
         #: The signal that ended the process, if one did (twistd re-raises SIGTERM).
         self.ended_by: int | None = None
@@ -32,18 +33,42 @@ class HubProcess(ProcessProtocol):
             match = _LISTENING.search(self.output)
             if match:
                 self.url = match.group(1).decode()
-                self.listening.callback(self.url)
+                self._settle(self.url)
 
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
         code = getattr(reason.value, "exitCode", None)
         self.ended_by = getattr(reason.value, "signal", None)
-        if not self.listening.called:
-            self.listening.errback(
-                RuntimeError(f"the hub exited ({code}) before listening:\n{self.text}")
+        if self._listened is None:
+            self._settle(
+                Failure(RuntimeError(f"the hub exited ({code}) before listening:\n{self.text}"))
             )
         self.ended.callback(code if code is not None else -1)
+
+    @property
+    def listening(self) -> Deferred[str]:
+        """
+        Fires with the URL once the hub listens; fails if it exits first. A fresh Deferred
+        each time: a hub that exits as its test expects leaves no failure unobserved (which
+        would be logged as "Unhandled error in Deferred" during a later test).
+        """
+        if isinstance(self._listened, Failure):
+            return fail(self._listened)
+        if self._listened is not None:
+            return succeed(self._listened)
+        d: Deferred[str] = Deferred()
+        self._listening.append(d)
+        return d
+
+    def _settle(self, result: str | Failure) -> None:
+        self._listened = result
+        waiting, self._listening = self._listening, []
+        for d in waiting:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
 
     @property
     def text(self) -> str:

@@ -693,13 +693,14 @@ def test_pacer_run_from_inside_an_action_keeps_one_timer() -> None:
         pacer.run(lambda: ran.append("third"))
 
     pacer.run(lambda: ran.append("zero"))
-    pacer.run(first).addCallback(lambda _: pacer.run(lambda: ran.append("second")))
+    later = pacer.run(first).addCallback(lambda _: pacer.run(lambda: ran.append("second")))
     clock.advance(1.0)
     assert ran == ["zero", "first"] and len(clock.getDelayedCalls()) == 1
     clock.advance(1.0)
     assert ran == ["zero", "first", "third"] and len(clock.getDelayedCalls()) == 1
     pacer.cancel()
     assert clock.getDelayedCalls() == []
+    failure_result_of(later, CancelledError)  # ("second" never ran; observed, not leaked)
 
 
 def surrogate_error(x: object) -> object:

@@ -16,9 +16,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import crochet
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.python import threadable
+from twisted.python.failure import Failure
 
 from .errors import ReactorThreadError, SyncTimeoutError
 
@@ -43,14 +44,26 @@ def _blocking(what: str, function: Callable[[], object], timeout: float | None) 
     without limit, still interruptible by Ctrl-C).
 
     :raises ReactorThreadError: called from the reactor thread (waiting would deadlock).
-    :raises SyncTimeoutError: no result in time; the call's Deferred is cancelled.
+    :raises SyncTimeoutError: no result in time; the call's Deferred is cancelled, and
+        how it ends then (``CancelledError``, or a failure that came meanwhile) is
+        dropped: nobody waits for it any more, so it is not logged as an unhandled error.
     """
     if threadable.isInIOThread():
         raise ReactorThreadError(
             f"BlockingHubClient {what} was called from the reactor thread, where waiting "
             "would deadlock; use HubClient and its Deferreds there"
         )
-    eventual = crochet.run_in_reactor(function)()
+    abandoned = False
+
+    def call() -> Deferred[Any]:
+        def settle(result: object) -> object:
+            # Past the timeout crochet would log the failure ("Unhandled error in
+            # EventualResult") since its result is never retrieved.
+            return None if abandoned and isinstance(result, Failure) else result
+
+        return maybeDeferred(function).addBoth(settle)
+
+    eventual = crochet.run_in_reactor(call)()
     try:
         if timeout is not None:
             return eventual.wait(timeout)
@@ -60,7 +73,9 @@ def _blocking(what: str, function: Callable[[], object], timeout: float | None) 
             except crochet.TimeoutError:
                 continue
     except crochet.TimeoutError:
+        abandoned = True  # (read in the reactor thread, which the cancel below runs in)
         eventual.cancel()
+        eventual.original_failure()  # a failure that came before: retrieved, not logged
         raise SyncTimeoutError(f"{what} did not finish within {timeout:g}s") from None
 
 

@@ -416,7 +416,22 @@ class _Resuming:
         """
         End it: the connection (control socket) or the subscription (WebSocket) is
         closed. A stream's unacknowledged mail goes back to the mailbox for the next
-        consumer. Fires once the hub was told.
+        consumer; what arrives after ``close()`` is not handed out.
+
+        What the Deferred's firing guarantees depends on the transport:
+
+        * WebSocket: it fires once the hub answered the ``unlisten``/``unwatch``: the hub
+          has detached the stream, so mail dispatched after that waits for the next
+          consumer.
+        * Control socket: it fires once the stream's connection is closed at this end.
+          The hub ends the stream when it reads the close, which may come after a
+          request sent meanwhile on another connection. Mail the hub writes to the
+          closed stream in that moment is, without auto-ack, delivered again to the next
+          stream; with ``auto_ack`` it was acknowledged as it was written and is lost
+          (auto-ack is at most once). To hand a listener over without that window, open
+          the new stream first: it replaces the old one (which ends with
+          ``"replaced"``), and mail dispatched once its :meth:`wait_open` fired reaches
+          it.
         """
         feed, self._feed = self._feed, None
         self._finish("closed")

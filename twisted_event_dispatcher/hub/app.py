@@ -23,7 +23,7 @@ from ..carriers.base import DROP_OLDEST
 from ..carriers.sse import SSEResource
 from ..carriers.websocket import EventWebSocketFactory
 from ..channels import ChannelRegistry, MemoryChannel
-from ..channels._names import check_count
+from ..channels._names import check_count, check_event_name
 from ..channels.base import Channel
 from ..dispatcher import EventDispatcher
 from ._channel_resources import ChannelsResource
@@ -78,6 +78,8 @@ class Hub:
         control verbs; ``ack`` and ``release`` are not counted), in bursts of as many; more
         get an ``error`` frame with code ``limit``. ``0``: no limit.
     :param max_channels: channels that may exist at once (the default one included).
+    :param add_channels: channels created at start besides the default one (they come
+        back with every restart, unlike those created at run time).
     :param max_listeners: listeners one channel may have.
     """
 
@@ -98,6 +100,7 @@ class Hub:
         max_rate: float = 1000.0,
         max_request_rate: float = 1000.0,
         max_channels: int = 100,
+        add_channels: tuple[str, ...] = (),
         max_listeners: int = 10000,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -132,6 +135,16 @@ class Hub:
         )
         #: Listeners one channel may have (the control plane's ``r`` verb refuses more).
         self.max_listeners = check_count(max_listeners, "max_listeners")
+        for name in add_channels:
+            check_event_name(name, "channel name")
+            if name == channel_name or add_channels.count(name) > 1:
+                raise ValueError(f"channel {name!r} is given twice")
+        if 1 + len(add_channels) > max_channels:
+            raise ValueError(
+                f"{1 + len(add_channels)} channels at start is more than max_channels "
+                f"({max_channels})"
+            )
+        self.add_channels = add_channels
         #: Carries out the control verbs for every transport (control socket, WebSocket,
         #: ``POST /channels/...``).
         self.control = ControlPlane(self)
@@ -181,6 +194,8 @@ class Hub:
     async def _start(self) -> None:
         if self.backend == "redis":
             await self.channel.connect()
+        for name in self.add_channels:
+            await self.hub_channels.create(name)
         self.dispatcher.start()
         self.bridge_id = await self.dispatcher.add_event_handler(self.publisher, "after")
 

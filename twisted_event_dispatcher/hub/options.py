@@ -108,6 +108,7 @@ class HubOptions(usage.Options):
         self["keywords"] = []
         self["origins"] = []
         self["host-names"] = []
+        self["add-channels"] = []
 
     def opt_keyword(self, name: str) -> None:
         """Allow a match-spec keyword in POST /events (repeatable)."""
@@ -118,6 +119,20 @@ class HubOptions(usage.Options):
     def opt_origin(self, origin: str) -> None:
         """Allow pages on this origin to use the hub (repeatable; default: loopback pages)."""
         self["origins"].append(origin)
+
+    def opt_add_channel(self, name: str) -> None:
+        """
+        Create this channel at start, besides --channel-name (repeatable): channels made at
+        run time (the control plane's create) last as long as the process; these come back
+        with every restart, so streams that reconnect find them.
+        """
+        try:
+            name = check_event_name(name, "channel name")
+        except (TypeError, ValueError) as e:
+            raise usage.UsageError(f"--add-channel: {e}") from None
+        if name in self["add-channels"]:
+            raise usage.UsageError(f"--add-channel: {name!r} is given twice")
+        self["add-channels"].append(name)
 
     def opt_host_name(self, name: str) -> None:
         """Also answer to this Host name (repeatable; checked only without a token)."""
@@ -216,6 +231,15 @@ class HubOptions(usage.Options):
         for name in ("max-control-connections", "max-channels", "max-listeners"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1, got {self[name]}")
+        if self["channel-name"] in self["add-channels"]:
+            raise usage.UsageError(
+                f"--add-channel: {self['channel-name']!r} is the hub's channel already"
+            )
+        if 1 + len(self["add-channels"]) > self["max-channels"]:
+            raise usage.UsageError(
+                f"--add-channel: {1 + len(self['add-channels'])} channels at start is more "
+                f"than --max-channels ({self['max-channels']})"
+            )
         mode = self["control-mode"]
         if isinstance(mode, str):
             try:

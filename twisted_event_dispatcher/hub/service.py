@@ -41,6 +41,7 @@ def make_service(options: HubOptions, reactor: Any = None) -> HubService:
         max_frame=options["max-frame"],
         max_rate=options["max-rate"],
         max_request_rate=options["max-request-rate"],
+        add_channels=tuple(options["add-channels"]),
         max_channels=options["max-channels"],
         max_listeners=options["max-listeners"],
     )
