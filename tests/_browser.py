@@ -2,15 +2,17 @@
 Drive the hub's demo page in headless Chromium (Debian's package) with Playwright; run as
 a separate process by test_browser.py:
 
-    python tests/_browser.py URL SCREENSHOT [listeners]
+    python tests/_browser.py URL SCREENSHOT [listeners CONTROL_SOCKET]
 
 Prints one JSON line with what the page showed. With ``listeners``, drives the Listeners
-panel instead (register, listen, dispatch, ack, a bad dispatch, reconnect, remove).
+panel instead (register, listen, dispatch, ack, answer two requests sent over the
+control socket with reply and fail, a bad dispatch, reconnect, remove).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import sys
 
 from playwright.sync_api import sync_playwright
@@ -73,7 +75,28 @@ def main(url: str, screenshot: str) -> None:
     )
 
 
-def listeners(url: str, screenshot: str) -> None:
+def ask(control: str, request: dict[str, object]) -> socket.socket:
+    """Send a request line (``q``) over the control socket; the connection, for its answer."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.settimeout(15)
+    connection.connect(control)
+    connection.sendall(json.dumps(request).encode() + b"\n")
+    return connection
+
+
+def answer_of(connection: socket.socket) -> object:
+    """The one answer line of ``connection``, parsed."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    connection.close()
+    return json.loads(data)
+
+
+def listeners(url: str, screenshot: str, control: str) -> None:
     """The Listeners panel, on the page's WebSocket, against the hub's control plane."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -116,6 +139,31 @@ def listeners(url: str, screenshot: str) -> None:
         page.keyboard.press("Enter")
         page.wait_for_selector(f"{second} td.acked")
 
+        # Two requests, sent over the control socket: a request is answered (reply with a
+        # JSON value, or fail), never just acknowledged: it has no ack button.
+        replied_to = ask(control, {"v": "q", "r": "worker-1", "t": "ask", "p": 1,
+                                   "timeout": 30, "i": "reply"})
+        third = "#mailbox-body tr:nth-child(3)"
+        page.wait_for_selector(f"{third} input.reply")
+        request_buttons = page.eval_on_selector_all(
+            f"{third} button", "buttons => buttons.map(b => b.textContent)"
+        )
+        page.fill(f"{third} input.reply", "{nope")
+        page.click(f"{third} button:text-is('reply')")
+        page.wait_for_selector(f"{third} output.error")
+        bad_reply = page.text_content(f"{third} output")
+        page.fill(f"{third} input.reply", '{"answer": 42}')
+        page.click(f"{third} button:text-is('reply')")
+        page.wait_for_selector(f"{third} td.acked")
+        reply_answer = answer_of(replied_to)
+        failed_by = ask(control, {"v": "q", "r": "worker-1", "t": "ask", "p": 2,
+                                  "timeout": 30, "i": "fail"})
+        fourth = "#mailbox-body tr:nth-child(4)"
+        page.wait_for_selector(f"{fourth} button:text-is('fail')")
+        page.click(f"{fourth} button:text-is('fail')")
+        page.wait_for_selector(f"{fourth} td.acked")
+        fail_answer = answer_of(failed_by)
+
         # A dispatch to nobody: the error shows next to the dispatch form.
         page.select_option("#dispatch-kind", "listener")
         page.fill("#dispatch-target", "nobody")
@@ -131,7 +179,7 @@ def listeners(url: str, screenshot: str) -> None:
         page.wait_for_function(
             "() => document.querySelector('#mailbox-body tr:nth-child(1) td:nth-child(7)')"
             ".textContent === '2'"
-        )
+        )  # (the answered requests do not come again)
         mailbox = page.eval_on_selector_all(
             "#mailbox-body tr",
             "rows => rows.map(r => Array.from(r.cells, c => c.innerText.trim()))",
@@ -148,6 +196,10 @@ def listeners(url: str, screenshot: str) -> None:
         "mailbox": mailbox,
         "dispatch_error": dispatch_error,
         "removed": removed,
+        "request_buttons": request_buttons,
+        "bad_reply": bad_reply,
+        "reply_answer": reply_answer,
+        "fail_answer": fail_answer,
         "log": log,
         "errors": errors,
     }
@@ -155,7 +207,7 @@ def listeners(url: str, screenshot: str) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[3:] == ["listeners"]:
-        listeners(sys.argv[1], sys.argv[2])
+    if sys.argv[3:4] == ["listeners"]:
+        listeners(sys.argv[1], sys.argv[2], sys.argv[4])
     else:
         main(sys.argv[1], sys.argv[2])

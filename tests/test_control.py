@@ -909,3 +909,33 @@ async def test_a_tcp_control_endpoint_must_be_on_loopback() -> None:
         assert port.getHost().host == "127.0.0.1"  # type: ignore[attr-defined]
     finally:
         await maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.ensureDeferred
+async def test_data_nested_max_depth_levels_travels_and_one_more_is_refused(
+    hub: ControlHub,
+) -> None:
+    # The line's object is a level of its own: data of exactly MAX_DEPTH levels passes,
+    # in the request and in the mail line that carries it (both were refused at 64).
+    from twisted_event_dispatcher.channels.message import MAX_DEPTH
+
+    def nested(depth: int) -> Any:
+        value: Any = 0
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    client, listener = await hub.connect(), await hub.connect()
+    channel = hub.name("deep")
+    assert await client.request({"v": "c", "c": channel}) == {"c": channel}
+    assert (await client.request({"v": "r", "c": channel, "r": "w"}))["r"] == "w"
+    opened = await listener.request({"v": "l", "c": channel, "r": "w", "a": True})
+    assert opened["ok"] is True
+    sent = await client.request({"v": "d", "c": channel, "r": "w", "t": "x",
+                                 "p": nested(MAX_DEPTH)})
+    assert sent["ok"] is True, sent
+    mail = await listener.next()
+    assert mail["id"] == sent["id"] and mail["p"] == nested(MAX_DEPTH)
+    refused = await client.request({"v": "d", "c": channel, "r": "w", "t": "x",
+                                    "p": nested(MAX_DEPTH + 1)})
+    assert refused["code"] == "bad_request" and f"deeper than {MAX_DEPTH}" in refused["error"]

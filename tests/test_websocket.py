@@ -162,7 +162,7 @@ async def test_gap_when_history_cannot_fill_it() -> None:
         (b'{"type": "unsubscribe", "event": "a"}', "not subscribed to 'a'"),
         # issue 9, defect 6: these used to drop the connection without a close frame
         (b'{"type": "ping", "id": ' + b"[" * 30000 + b"]" * 30000 + b"}", "deeper than 64"),
-        (b"[" * 65 + b"]" * 65, "deeper than 64"),
+        (b"[" * 66 + b"]" * 66, "deeper than 64"),  # (a request may nest 65: its data 64)
         (b'{"type": "\\ud800"}', r"unknown request type '\ud800'"),
         (b'{"type": "ping", "id": "\\udfff"}', "ping id cannot be echoed: data must be valid"),
         (b'{"type": "ping", "id": NaN}', "malformed JSON: NaN is not valid JSON"),

@@ -197,12 +197,12 @@ async def test_every_one_shot_request(hub: WSHub) -> None:
     }
     after = await client.call({"type": "broadcast", "channel": name, "event": "news"})
     assert after["code"] == "unknown_channel" and name in after["reason"]
-    # the old requests are as they were, without code or ref
+    # the old requests' errors have a code too (and echo a ref, if they have one)
     start = len(client.ws.inbox.frames)
     client.send({"type": "subscribe", "event": "x", "channel": "nope"})
     refused = await client.next("error", start)
     assert refused == {"type": "error", "reason": "unknown channel 'nope'",
-                       "request": "subscribe"}
+                       "request": "subscribe", "code": "unknown_channel"}
     hub.no_traceback()
 
 
@@ -307,7 +307,7 @@ async def test_bad_requests_get_an_error_with_a_code_and_the_connection_stays_op
     client.send({"type": "frobnicate"})
     unknown = await client.next("error", start=len(client.ws.inbox.frames))
     assert "'create_channel'" in unknown["reason"] and "'unwatch'" in unknown["reason"]
-    assert "code" not in unknown, "not a control request"
+    assert unknown["code"] == "bad_request", "every error frame has a code"
     client.send({"type": "ping", "id": "still open"})
     assert (await client.next("pong"))["id"] == "still open"
     hub.no_traceback()

@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 
 from tests._clients import OP_PING, OP_PONG, OP_TEXT, RawWSClient, connect_raw_ws, ws_frame
 from tests.test_websocket import Server, start_server, stop_server, subscribe
-from twisted_event_dispatcher.carriers.websocket import EventWebSocketProtocol
+from twisted_event_dispatcher.carriers.websocket import READ_PAUSE_FRAMES, EventWebSocketProtocol
 
 #: Twisted's transport pauses its producer past this many buffered bytes.
 TRANSPORT_BUFFER = 65536
@@ -102,20 +102,28 @@ async def test_ping_flood_from_a_client_that_never_reads_stays_bounded() -> None
 
 
 @pytest_twisted.ensureDeferred
-async def test_requests_from_a_client_that_never_reads_close_it_with_1008() -> None:
-    server = await start_server(max_queue=50)
+async def test_requests_from_a_client_that_does_not_read_wait_until_it_reads() -> None:
+    # (this client used to be closed with 1008 and reset; now the server stops reading it)
+    server = await start_server(max_queue=50, max_request_rate=0)
     try:
         client, protocol = await stalled_client(server)
-        closed: list[int | None] = []
-        protocol.is_closed.addCallback(lambda _: closed.append(protocol.localCloseCode))
-        request = ws_frame(OP_TEXT, b'{"type": "ping", "id": "' + b"i" * 200 + b'"}')
+        closes = count_calls(protocol, "sendCloseFrame")
+        count = 5000
+        request = b'{"type": "ping", "id": "' + b"i" * 200 + b'"}'
         assert client.transport is not None
-        client.transport.write(request * 5000)  # 5000 pongs owed: over 1 MB
-        await until(lambda: closed)
-        assert closed == [1008]
+        client.transport.write(ws_frame(OP_TEXT, request) * count)  # 5000 pongs: over 1 MB
+        await until(lambda: protocol.reading_paused or closes[0])
+        assert closes[0] == 0
+        carrier = protocol.carrier
+        assert carrier is not None and carrier.queued <= READ_PAUSE_FRAMES
+        assert buffered(protocol) <= TRANSPORT_BUFFER + 1000
         bystander = await server.client()
         bystander.send_json({"type": "ping", "id": 1})
         assert await bystander.wait_type("pong") == {"type": "pong", "id": 1}
+        unstall(client, protocol)
+        await until(lambda: len(client.inbox.frames) >= count)
+        assert client.texts() == [{"type": "pong", "id": "i" * 200}] * count
+        assert closes[0] == 0 and not protocol.reading_paused
     finally:
         await stop_server(server)
 
@@ -142,7 +150,8 @@ async def test_answers_are_never_dropped_for_events_under_drop_oldest() -> None:
         for _ in range(40):  # each pushes the oldest event out, never an answer
             await server.news.publish("bulk", {"n": n, "pad": pad})
             n += 1
-        assert carrier.queued == 20
+        # 20 events; the answers wait past max_queue (bounded by the flow control)
+        assert carrier.queued == 25 and carrier.queued_controls == 5
         unstall(client, protocol)
         await client.wait_json(lambda f: f.get("data", {}).get("n") == n - 1, timeout=10)
         frames = client.texts()

@@ -1,7 +1,14 @@
 """
 Reading WebSocket clients' requests safely: JSON with a nesting limit and no NaN or
 infinities, and error reasons that quote the client's values short and escaped, so that
-every bad request can be answered with an ``error`` frame.
+every bad request can be answered with an ``error`` frame (with a ``code``).
+
+The nesting limit is :data:`~twisted_event_dispatcher.channels.message.MAX_DEPTH` on the
+*data* a request carries (``data``, an ``ack``'s ``reply``), which sits one level inside
+the request object: a frame may nest :data:`MAX_FRAME_DEPTH` levels, and data nested
+exactly ``MAX_DEPTH`` levels passes (the control plane checks the data itself). A frame
+nested deeper is still parsed, up to :data:`PARSE_DEPTH` levels, so its error frame can
+carry its type and ``ref``; one nested deeper than that is refused unread.
 """
 
 from __future__ import annotations
@@ -13,11 +20,32 @@ from typing import Any
 
 from ..channels.message import MAX_DEPTH, nested_deeper_than
 
-__all__ = ["BadRequest", "clip", "parse_request", "show"]
+__all__ = ["MAX_FRAME_DEPTH", "PARSE_DEPTH", "BadRequest", "clip", "parse_request", "show"]
+
+#: How deeply a request frame may nest: its data's limit, plus the request object around it.
+MAX_FRAME_DEPTH = MAX_DEPTH + 1
+#: Frames nested deeper than this are refused without being parsed (the parser recurses
+#: once per level); those between the two are parsed only to echo their type and ``ref``.
+PARSE_DEPTH = 2 * MAX_DEPTH
 
 
 class BadRequest(Exception):
-    """A client request that gets an ``error`` frame."""
+    """
+    A client request that gets an ``error`` frame, with ``code`` (``bad_request`` unless
+    a more specific one applies: ``limit``, ``unknown_channel``).
+    """
+
+    code = "bad_request"
+    #: The refused frame, when it could be parsed (its type and ``ref`` are echoed).
+    request: dict[str, Any] | None = None
+
+    def __init__(
+        self, message: str, code: str | None = None, request: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.request = request
 
 
 # Client values quoted in error reasons: short, and escaped by repr() (a lone surrogate
@@ -41,6 +69,10 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_TOO_DEEP = (
+    f"data must not nest deeper than {MAX_DEPTH} levels "
+    f"(a request, around it: {MAX_FRAME_DEPTH})"
+)
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
@@ -50,15 +82,18 @@ def parse_request(payload: bytes) -> dict[str, Any]:
         text = payload.decode("utf-8")  # Autobahn already closed with 1007 if invalid
     except UnicodeDecodeError:
         raise BadRequest("a text frame must be valid UTF-8") from None
+    too_deep = nested_deeper_than(text, MAX_FRAME_DEPTH)
     # Refused before parsing: the parser recurses once per level.
-    if nested_deeper_than(text, MAX_DEPTH):
-        raise BadRequest(f"a request must not nest deeper than {MAX_DEPTH} levels")
+    if too_deep and nested_deeper_than(text, PARSE_DEPTH):
+        raise BadRequest(_TOO_DEEP)
     try:
         request = _decoder.decode(text)
     except RecursionError:
-        raise BadRequest(f"a request must not nest deeper than {MAX_DEPTH} levels") from None
+        raise BadRequest(_TOO_DEEP) from None
     except ValueError as e:
         raise BadRequest(f"malformed JSON: {clip(str(e))}") from None
+    if too_deep:
+        raise BadRequest(_TOO_DEEP, request=request if isinstance(request, dict) else None)
     if not isinstance(request, dict):
         raise BadRequest("a request must be a JSON object")
     return request

@@ -42,7 +42,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..channels.base import WILDCARD
-from ..channels.message import encode_json
+from ..channels.message import MAX_DEPTH, encode_json
 from ._requests import BadRequest, clip, parse_request, show
 
 if TYPE_CHECKING:
@@ -124,7 +124,8 @@ class Refused(BadRequest):
 
 
 def _frame(payload: dict[str, Any]) -> bytes:
-    return encode_json(payload).encode("utf-8")
+    # Data (a mail's, a reply) was checked at MAX_DEPTH; the frame adds one level.
+    return encode_json(payload, MAX_DEPTH + 1).encode("utf-8")
 
 
 def _ref(frame: dict[str, Any]) -> Ref:

@@ -12,9 +12,13 @@ without bound.
 
 Control frames (answers to the client's requests, gap notices) count towards
 ``max_queue`` but are never dropped: a client that is not told it missed something must
-not miss it. Under ``drop_oldest`` the oldest queued *message* makes room; when the queue
-holds nothing but control frames, the client keeps asking without reading, and it is
-disconnected like a slow client under ``disconnect``.
+not miss it. Under ``drop_oldest`` the oldest queued *message* makes room, or, when none
+is queued, the message arriving is the one dropped (and counted). A control frame may go
+:attr:`~QueueingCarrier.control_headroom` past ``max_queue`` (0 here; the WebSocket
+carrier allows the answers its connection may owe, and stops reading its requests instead
+of refusing them); past that the client is disconnected like a slow client under
+``disconnect``. The overflow hook runs before the queue is dropped, so a carrier may
+still write what it owed (:meth:`~QueueingCarrier._owed_controls`) before its close.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class QueueingCarrier(ABC):
     :param overflow: :data:`DROP_OLDEST` or :data:`DISCONNECT`.
     """
 
+    #: How many control frames may wait past ``max_queue`` before the client is closed
+    #: (control frames are never dropped).
+    control_headroom = 0
+
     def __init__(self, max_queue: int = 1000, overflow: str = DROP_OLDEST) -> None:
         check_queue_options(max_queue, overflow)
         self.max_queue = max_queue
@@ -74,6 +82,8 @@ class QueueingCarrier(ABC):
         # True while items can be written at once: open, not paused, nothing queued.
         self._writable = True
         self._dropped = 0
+        # Control frames in _queue and _held (answers, notices: never dropped).
+        self._controls = 0
         self._close_callbacks: list[Callable[[Any], object]] = []
 
     # -- ICarrier ------------------------------------------------------------------------
@@ -112,6 +122,11 @@ class QueueingCarrier(ABC):
         """Items waiting for the client to read (messages and control frames)."""
         return len(self._queue) + len(self._held)
 
+    @property
+    def queued_controls(self) -> int:
+        """Control frames (answers, notices) among :attr:`queued`."""
+        return self._controls
+
     # -- IPushProducer -------------------------------------------------------------------
 
     def pauseProducing(self) -> None:
@@ -135,6 +150,7 @@ class QueueingCarrier(ABC):
         self._writable = False
         self._queue.clear()
         self._held.clear()
+        self._controls = 0
         callbacks, self._close_callbacks = self._close_callbacks, []
         for callback in callbacks:
             try:
@@ -145,14 +161,24 @@ class QueueingCarrier(ABC):
     def _enqueue(self, item: Message | Any) -> None:
         self._writable = False
         queue = self._queue
-        if len(queue) + len(self._held) >= self.max_queue and not (
+        message = isinstance(item, Message)
+        bound = self.max_queue if message else self.max_queue + self.control_headroom
+        if len(queue) + len(self._held) >= bound and not (
             self.overflow == DROP_OLDEST and self._drop_oldest_message()
         ):
+            if message and self.overflow == DROP_OLDEST:
+                # Nothing but control frames queued (now in _held): this message is the
+                # oldest that may go; the notice follows the frames that were ahead of it.
+                self._dropped += 1
+                return
+            self._overflowed()
             queue.clear()
             self._held.clear()
-            self._overflowed()
+            self._controls = 0
             return
         queue.append(item)
+        if not message:
+            self._controls += 1
 
     def _drop_oldest_message(self) -> bool:
         """
@@ -172,6 +198,7 @@ class QueueingCarrier(ABC):
         queue, held = self._queue, self._held
         while (held or queue) and not self._paused and not self.closed:
             if held:
+                self._controls -= 1
                 self._write_control(held.popleft())
                 continue
             if self._dropped:
@@ -182,6 +209,7 @@ class QueueingCarrier(ABC):
             if isinstance(item, Message):
                 self._write_message(item)
             else:
+                self._controls -= 1
                 self._write_control(item)
         self._writable = not (held or queue or self._paused or self.closed)
 
@@ -201,9 +229,14 @@ class QueueingCarrier(ABC):
     def _write_dropped(self, count: int) -> None:
         """Tell the client that ``count`` messages were dropped because it was too slow."""
 
+    def _owed_controls(self) -> list[Any]:
+        """The control frames still queued, in order (for :meth:`_overflowed`)."""
+        return [*self._held, *(i for i in self._queue if not isinstance(i, Message))]
+
     @abstractmethod
     def _overflowed(self) -> None:
         """
         The queue is full under the DISCONNECT policy, or full of control frames under
-        DROP_OLDEST (nothing may be dropped): close the connection.
+        DROP_OLDEST (nothing may be dropped): close the connection. Called while the
+        queue still holds what was owed (:meth:`_owed_controls`); it is dropped after.
         """

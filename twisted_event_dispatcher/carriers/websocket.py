@@ -47,10 +47,14 @@ Server to client:
 * ``{"type": "gap", "channel", "event", "since", "epoch", "oldest", "reason"}``;
 * ``{"type": "dropped", "count"}`` — the client read too slowly and missed ``count``
   messages (``drop_oldest`` policy);
-* ``{"type": "error", "reason", "request"?}`` — a bad request; the connection stays open
-  (for the control requests also ``"code"``, ``"ref"``? and ``"remote_type"``?: see
-  :mod:`twisted_event_dispatcher.hub._control` for the codes; ``unsupported`` without a
-  control plane);
+* ``{"type": "error", "reason", "code", "request"?, "ref"?}`` — a bad request; the
+  connection stays open. ``code`` is ``bad_request`` unless a more specific one applies
+  (``limit``: the request rate or the subscription limit; ``unknown_channel``;
+  ``unavailable``: Redis is down; the control requests' codes, see
+  :mod:`twisted_event_dispatcher.hub._control`, with ``"remote_type"``? for ``remote``;
+  ``unsupported`` without a control plane); ``request`` is the request's type when it is
+  short and printable; ``ref`` is echoed when the request had a valid one (a string or an
+  integer of at most 64 characters as JSON), whatever its type;
 * ``{"type": "pong", "id"?}``;
 * ``{"type": "result", "request", "ref"?, ...}`` — a control request's answer;
 * ``{"type": "mail", "id", "event", "data", "deliveries", "source", "listener", "channel",
@@ -60,20 +64,39 @@ Server to client:
   listener was ``removed``, ``replaced`` by another stream, or its channel ``closed``
   (removed from the hub, or the hub stopping).
 
-Malformed JSON (NaN and infinities included), JSON nested deeper than
-:data:`~twisted_event_dispatcher.channels.message.MAX_DEPTH`, unknown types, bad fields and
-binary frames get an ``error`` frame; the reason quotes the client's values shortened and
-escaped, so it can always be sent. Frames over the size limit close the connection with
-1009, invalid UTF-8 in a text frame with 1007, protocol violations with 1002, a client that
-cannot keep up under the ``disconnect`` policy, or that keeps asking without reading, with
-1008 (policy violation), and a failure of ours with 1011. A WebSocket ping is answered
-with a pong at once; while the client is not reading, only the latest ping is answered
-(RFC 6455 allows it), so a ping flood cannot grow the server. Requests past the
-factory's ``max_request_rate`` (per connection, per second) get an ``error`` frame and
-are not carried out; ``ack`` and ``release`` frames are counted only when they fail (a
-valid one settles mail the hub sent, at most ``max_in_flight`` per listen, and refusing it
-would stall the listen). Each event frame is encoded
-once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
+Malformed JSON (NaN and infinities included), data nested deeper than
+:data:`~twisted_event_dispatcher.channels.message.MAX_DEPTH` (a request frame may nest one
+level more: the object around its data), unknown types, bad fields and binary frames get
+an ``error`` frame; the reason quotes the client's values shortened and escaped, so it can
+always be sent. Frames over the size limit close the connection with 1009, invalid UTF-8
+in a text frame with 1007, protocol violations with 1002, a client that cannot keep up
+under the ``disconnect`` policy with 1008 (policy violation), and a failure of ours with
+1011.
+
+Flow control: a client that sends requests faster than it reads their answers is not
+refused nor closed. Once :data:`READ_PAUSE_FRAMES` answers (or other control frames: mail,
+notices) wait for it to read, the server stops reading the connection (its socket, under
+twisted.web too) and stops handling the frames it had already received; it reads again
+when the client has read them. Such a client only fills its own buffers; every request is
+answered, in order. (A client that writes every request before it reads any answer, with
+blocking writes, deadlocks itself, as over any flow-controlled connection.) Events are not
+held up: while only events wait, requests are still read (an ``unsubscribe`` gets through),
+and the overflow policy applies to them: ``drop_oldest`` drops the oldest (a ``dropped``
+notice), ``disconnect`` closes with 1008. Answers are never dropped: they may wait past
+``max_queue``, by as many as the connection may have pending. The 1008 close lets the close
+frame out: the answers still queued are written (mail is not: it goes to the listener's
+next stream), then the close frame, after what the client has not read yet; the client has
+:data:`OVERFLOW_CLOSE_TIMEOUT` seconds to read up to it and answer, then the connection is
+aborted. After any close frame of ours, the client's frames are read only to find its
+close frame, not carried out, and its listens detach at once.
+
+A WebSocket ping is answered with a pong at once; while the client is not reading, only the
+latest ping is answered (RFC 6455 allows it), so a ping flood cannot grow the server.
+Requests past the factory's ``max_request_rate`` (per connection, per second) get an
+``error`` frame with ``code`` ``limit`` and are not carried out; ``ack`` and ``release``
+frames are counted only when they fail (a valid one settles mail the hub sent, at most
+``max_in_flight`` per listen, and refusing it would stall the listen). Each event frame is
+encoded once (``prepareMessage``) and the same prepared frame is sent to every subscriber.
 """
 
 from __future__ import annotations
@@ -93,7 +116,7 @@ from ..channels.base import WILDCARD, Channel, Gap, Subscription, check_event_na
 from ..channels.message import Message, encode_json
 from ..errors import ChannelUnavailableError, InvalidDataError
 from ._requests import BadRequest, clip, parse_request, show
-from ._ws_control import TYPES, VERBS, ConnectionControl
+from ._ws_control import MAX_PENDING, TYPES, VERBS, ConnectionControl
 from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 
 if TYPE_CHECKING:
@@ -115,6 +138,12 @@ MAX_PING_ID = 256
 MAX_OFFSET = 2**63 - 1
 #: Frames that settle mail a listen delivered: not counted against the request rate.
 SETTLING = frozenset({"ack", "release"})
+#: Control frames (answers, mail, notices) waiting for a client that is not reading, at
+#: which the server stops reading its requests until it reads (flow control).
+READ_PAUSE_FRAMES = 64
+#: Seconds a client closed for overflow (1008) has to read up to the close frame and
+#: answer it before its connection is aborted.
+OVERFLOW_CLOSE_TIMEOUT = 10.0
 #: Every request type, as the error for an unknown one lists them.
 REQUEST_TYPES = (
     "subscribe", "unsubscribe", "ping", *VERBS, "ack", "release", "unlisten", "unwatch",
@@ -122,7 +151,14 @@ REQUEST_TYPES = (
 
 
 class WebSocketCarrier(QueueingCarrier):
-    """Delivers messages over one WebSocket connection."""
+    """
+    Delivers messages over one WebSocket connection. Answers to the client's requests may
+    wait past ``max_queue`` by as many as its connection may have pending
+    (:data:`~._ws_control.MAX_PENDING`): they are bounded by the connection's flow control
+    (:data:`READ_PAUSE_FRAMES`), never refused or dropped.
+    """
+
+    control_headroom = MAX_PENDING
 
     def __init__(self, protocol: EventWebSocketProtocol, max_queue: int, overflow: str) -> None:
         super().__init__(max_queue, overflow)
@@ -164,6 +200,18 @@ class WebSocketCarrier(QueueingCarrier):
     def _write_control(self, frame: Any) -> None:
         self.protocol.sendMessage(frame)  # type: ignore[no-untyped-call]
 
+    def send_control(self, frame: Any) -> None:
+        """
+        Write a control frame, or queue it; with :data:`READ_PAUSE_FRAMES` queued, the
+        connection stops reading requests until the client reads (:meth:`resumeProducing`).
+        """
+        if self._writable:
+            self._write_control(frame)
+        elif not self.closed:
+            self._enqueue(frame)
+            if self._controls >= READ_PAUSE_FRAMES:
+                self.protocol.pause_reading()
+
     @property
     def paused(self) -> bool:
         """True while the transport's buffer is full (the client is not reading)."""
@@ -191,6 +239,8 @@ class WebSocketCarrier(QueueingCarrier):
         if pong is not None and not self._paused and not self.closed:
             self._pong = None
             self.protocol.sendPong(pong)  # type: ignore[no-untyped-call]
+        if self._controls < READ_PAUSE_FRAMES:
+            self.protocol.resume_reading()
 
     def _gap_frame(self, channel: str, event: str, gap: Gap) -> bytes:
         return _frame(
@@ -211,11 +261,13 @@ class WebSocketCarrier(QueueingCarrier):
     def _overflowed(self) -> None:
         _log.info(
             "closing {peer}: not reading, {n} frames queued ({policy})",
-            peer=self.protocol.peer, n=self.max_queue, policy=self.overflow,
+            peer=self.protocol.peer, n=self.queued, policy=self.overflow,
         )
-        self.protocol.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
-        self.protocol.dropConnection(abort=True)
+        # Answers it is owed go out before the close frame (mail does not: it could not
+        # be acknowledged any more, and goes to the listener's next stream).
+        owed = [frame for frame in self._owed_controls() if not frame.startswith(_MAIL)]
         self.connection_lost()
+        self.protocol.close_too_slow(owed)
 
 
 def origin_patterns(origins: Sequence[str]) -> list[str]:
@@ -243,6 +295,31 @@ def _frame(payload: Mapping[str, Any]) -> bytes:
     return encode_json(payload).encode("utf-8")
 
 
+#: How every ``mail`` frame starts (``_ws_control.mail_frame``: compact JSON, type first).
+_MAIL = b'{"type":"mail",'
+
+
+def _socket_producer(transport: Any) -> Any:
+    """
+    What pauses reading this connection's socket: the transport when it can
+    (``pauseProducing`` of a TCP transport stops reading), else the first transport beneath
+    it that can; None if none can. Behind twisted.web, Autobahn's ``WebSocketResource``
+    takes over the HTTP channel's transport: the TCP transport, or a ``ProtocolWrapper``
+    around it (the hub's connection limit, TLS) that relays ``pauseProducing`` to it. The
+    HTTP channel is out of the way: it no longer has the transport, and :meth:`onOpen`
+    replaces it as the transport's producer by the carrier.
+    """
+    for _ in range(8):  # (bounded: wrappers do not nest deeper)
+        if transport is None:
+            return None
+        if callable(getattr(transport, "pauseProducing", None)) and callable(
+            getattr(transport, "resumeProducing", None)
+        ):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
 class EventWebSocketProtocol(WebSocketServerProtocol):
     """One client connection: its subscriptions and its carrier."""
 
@@ -250,6 +327,14 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
     carrier: WebSocketCarrier | None = None
     #: The connection's control requests (listens, pending answers) once open.
     control: ConnectionControl | None = None
+    #: True while the server does not read this connection (flow control).
+    reading_paused = False
+    #: Seconds a client closed for overflow has to read up to the close frame.
+    overflow_close_timeout = OVERFLOW_CLOSE_TIMEOUT
+    # What pauses reading the socket (see _socket_producer), once open.
+    _reader: Any = None
+    # True while consumeData runs (it is not entered again).
+    _consuming = False
 
     def onConnect(self, request: ConnectionRequest) -> None:
         # Raise autobahn's ConnectionDeny from the hook to refuse (e.g. a missing token).
@@ -267,8 +352,76 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(self.carrier, True)
+        self._reader = _socket_producer(transport)
         self.control = ConnectionControl(self)
         self.factory.connections.add(self)
+
+    # -- flow control --------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """
+        Stop reading the client's frames: its answers wait unread (the carrier calls this
+        with :data:`READ_PAUSE_FRAMES` queued). Frames already received wait too (see
+        :meth:`consumeData`); what the client sends meanwhile stays in its kernel buffers.
+        """
+        if self.reading_paused or self.state != self.STATE_OPEN or self._reader is None:
+            return
+        self.reading_paused = True
+        self._reader.pauseProducing()
+
+    def resume_reading(self) -> None:
+        """Read again (the client read its answers, or the connection is closing)."""
+        if not self.reading_paused:
+            return
+        self.reading_paused = False
+        self._reader.resumeProducing()
+        if self.data:
+            # Frames received before the pause: on the next turn, never inside whatever
+            # resumed reading (a write, a close).
+            from twisted.internet import reactor
+
+            reactor.callLater(0, self._consume_received)
+
+    def _consume_received(self) -> None:
+        if self.data and not self._consuming and self.state != self.STATE_CLOSED:
+            self.consumeData()
+
+    def consumeData(self) -> None:
+        """
+        Autobahn's frame loop, stopping between frames while reading is paused: one read
+        may hold thousands of small requests, and each would queue its answer.
+        """
+        if self.state != self.STATE_OPEN:
+            super().consumeData()
+            return
+        if self._consuming:
+            return  # (the loop below goes on with what was added)
+        self._consuming = True
+        try:
+            while (
+                not (self.reading_paused and self.state == self.STATE_OPEN)
+                and self.processData()
+                and self.state != self.STATE_CLOSED
+            ):
+                pass
+        finally:
+            self._consuming = False
+
+    def close_too_slow(self, owed: Sequence[bytes]) -> None:
+        """
+        Close a client whose queue overflowed with 1008, letting the close frame out: the
+        frames it is ``owed`` (answers) are written first, then the close frame, and the
+        client has :attr:`overflow_close_timeout` seconds to read up to it and answer it
+        before the connection is aborted. Its requests are read again meanwhile (to find
+        its close frame behind them), but no longer carried out.
+        """
+        if self.state != self.STATE_OPEN:
+            self.dropConnection(abort=True)
+            return
+        for frame in owed:
+            self.sendMessage(frame)  # type: ignore[no-untyped-call]
+        self.closeHandshakeTimeout = self.overflow_close_timeout
+        self.close_with(CLOSE_TOO_SLOW, "too slow: outgoing queue full")
 
     def close_with(self, code: int, reason: str) -> None:
         """
@@ -286,6 +439,12 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         if self.carrier is not None:
             self.carrier.connection_lost()
         super().sendCloseFrame(code, reasonUtf8, isReply)
+        # No request is carried out after it (onMessage), so no mail can be acknowledged:
+        # listens detach now, and their unacknowledged mail goes to the next stream.
+        if self.control is not None:
+            self.control.connection_lost()
+        # The client's close frame may be behind requests it sent while reading was paused.
+        self.resume_reading()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.connections.discard(self)
@@ -307,33 +466,39 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
             self.sendPong(payload)  # type: ignore[no-untyped-call]
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # after our close frame, requests are read (to find the client's) only
         request_type = None
+        request: dict[str, Any] | None = None
+        refused: BadRequest | None = None  # (answered once counted against the rate)
         try:
-            request: dict[str, Any] | None = None
-            if not isBinary:
+            if isBinary:
+                refused = BadRequest("binary frames are not supported; send JSON text frames")
+            else:
                 try:
                     request = parse_request(payload)
-                except BadRequest:
-                    pass  # refused below, once counted against the rate
-                else:
-                    request_type = request.get("type")
+                except BadRequest as e:
+                    refused, request = e, e.request  # (a frame too deep: its type and ref)
+            if request is not None:
+                request_type = request.get("type")
             # Acknowledgements are counted only when they fail (ConnectionControl.error):
             # each valid one settles mail the hub sent (at most max_in_flight per listen),
             # and refusing it would stall the listen stream.
             rate = self.factory.request_rate
-            if request_type not in SETTLING and rate.take(id(self)) is not None:
+            counted = refused is not None or request_type not in SETTLING
+            if counted and rate.take(id(self)) is not None:
                 reason = (
                     f"too many requests: at most {rate.rate:g} a second "
                     "on one connection; this one was not carried out"
                 )
-                if request is not None and request_type in TYPES and self.control is not None:
+                if (refused is None and request is not None and request_type in TYPES
+                        and self.control is not None):
                     self.control.refuse(request_type, request, "limit", reason)  # (ref echoed)
                     return
-                raise BadRequest(reason)
-            if isBinary:
-                raise BadRequest("binary frames are not supported; send JSON text frames")
-            if request is None:
-                request = parse_request(payload)  # raises why it is not a request
+                raise BadRequest(reason, "limit")
+            if refused is not None:
+                raise refused
+            assert request is not None
             handler = self._handlers.get(request_type) if isinstance(request_type, str) else None
             if handler is None:
                 if request_type in TYPES and self.control is not None:
@@ -344,8 +509,10 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
                     + ", ".join(repr(t) for t in REQUEST_TYPES)
                 )
             handler(self, request)
-        except (BadRequest, TypeError, ValueError) as e:
-            self._error(str(e), request_type)
+        except BadRequest as e:
+            self._error(str(e), request_type, e.code, request)
+        except (TypeError, ValueError) as e:
+            self._error(str(e), request_type, "bad_request", request)
         except Exception:
             # A bug of ours, not a bad request: say so with a close code, never by
             # dropping the connection, and log it once (the connection ends).
@@ -366,7 +533,8 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         self.check_subscribable(channel.name, event, since)
         if len(self._subscriptions) >= self.factory.max_subscriptions:
             raise BadRequest(
-                f"subscription limit reached ({self.factory.max_subscriptions} per connection)"
+                f"subscription limit reached ({self.factory.max_subscriptions} per connection)",
+                "limit",
             )
         self._subscriptions[key] = channel
         carrier = self.carrier
@@ -378,7 +546,8 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
             raise
         self._resuming.add(key)  # until the answer: at once, unless Redis is read
         d.addCallbacks(
-            self._subscribed, self._subscribe_failed, callbackArgs=(key,), errbackArgs=(key,)
+            self._subscribed, self._subscribe_failed, callbackArgs=(key,),
+            errbackArgs=(key, request),
         )
 
     def check_subscribable(self, name: str, event: str, since: object) -> None:
@@ -450,15 +619,19 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         for message in subscription.replay:
             carrier.deliver(message)
 
-    def _subscribe_failed(self, failure: Failure, key: tuple[str, str]) -> None:
+    def _subscribe_failed(
+        self, failure: Failure, key: tuple[str, str], request: dict[str, Any]
+    ) -> None:
         self._resuming.discard(key)
         self._subscriptions.pop(key, None)
         if failure.check(ChannelUnavailableError):
             # Expected while Redis is down: the client is told; no traceback.
             _log.warn("subscribe {key} failed: {error}", key=key, error=failure.value)
+            code = "unavailable"
         else:
             _log.failure("subscribe {key} failed", failure=failure, key=key)
-        self._error(f"subscribe failed: {failure.getErrorMessage()}", "subscribe")
+            code = "internal"
+        self._error(f"subscribe failed: {failure.getErrorMessage()}", "subscribe", code, request)
 
     def _unsubscribe(self, request: dict[str, Any]) -> None:
         channel, event = self._target(request)
@@ -508,15 +681,32 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         try:
             channel = self.factory.channels[name]
         except KeyError:
-            raise BadRequest(f"unknown channel {show(name)}") from None
+            raise BadRequest(f"unknown channel {show(name)}", "unknown_channel") from None
         return channel, event
 
-    def _error(self, reason: str, request_type: object = None) -> None:
-        frame: dict[str, Any] = {"type": "error", "reason": clip(reason)}
+    def _error(
+        self,
+        reason: str,
+        request_type: object = None,
+        code: str = "bad_request",
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Send an ``error`` frame: ``reason``, ``code``, the request's type when it is short
+        and printable, and its ``ref`` when it had one that may be echoed (the control
+        requests' rule: a string or an integer, at most 64 characters as JSON).
+        """
+        frame: dict[str, Any] = {"type": "error", "reason": clip(reason), "code": code}
         # Echo the request's type only when it is short and printable (always encodable).
         if isinstance(request_type, str) and len(request_type) <= 60:
             if request_type.isprintable():
                 frame["request"] = request_type
+        if request is not None and "ref" in request:
+            from ..hub._control_fields import ref_of  # (the hub imports this module)
+
+            ref = ref_of({"i": request["ref"]})
+            if ref is not None:
+                frame["ref"] = ref
         if self.carrier is not None:
             self.carrier.send_control(_frame(frame))
 
@@ -532,7 +722,8 @@ class EventWebSocketFactory(WebSocketServerFactory):
     :param default_channel: the channel of requests that name none.
     :param allowed_origins: Origin patterns accepted at the handshake (others get 403).
     :param max_subscriptions: subscriptions one connection may hold.
-    :param max_queue: messages queued for a client that is not reading.
+    :param max_queue: messages queued for a client that is not reading (answers to its
+        requests may wait past it: see flow control above).
     :param overflow: ``"drop_oldest"`` or ``"disconnect"`` when that queue is full.
     :param max_message_size: largest frame or message accepted from a client, in bytes.
     :param authorize: called with each ``ConnectionRequest``; raise

@@ -81,7 +81,7 @@ class ListenerMethods:
             :meth:`dispatch_group`).
         :param mailbox_size: the bound on its own mailbox (queued + unacknowledged).
         :param ack_timeout: seconds its consumer has to acknowledge a group message
-            before the message goes back to the group.
+            before the message goes back to the group (at least 0.1).
         :raises TypeError, ValueError: a bad name or option (at once; nothing changes).
         :return: fails with :class:`~twisted_event_dispatcher.errors.ListenerExistsError`
             when the id is taken.
@@ -91,7 +91,8 @@ class ListenerMethods:
         if group is not None:
             group = check_event_name(group, "group name")
         check_count(mailbox_size, "mailbox_size")
-        check_seconds(ack_timeout, "ack_timeout")
+        if check_seconds(ack_timeout, "ack_timeout") < 0.1:  # (less: redelivery busy-loops)
+            raise ValueError(f"ack_timeout must be at least 0.1 seconds, got {ack_timeout!r}")
 
         def registered(new_id: str) -> Listener:
             handle = self.listener(new_id)
@@ -231,7 +232,7 @@ class ListenerMethods:
                 target, event, data, data_json,
                 reply_to=mailboxes.reply_address, correlation=correlation,
             )
-        sent.addErrback(requests.fail, correlation)
+        sent.addCallbacks(requests.sent, requests.fail, (correlation,), {}, (correlation,))
         return answer
 
 

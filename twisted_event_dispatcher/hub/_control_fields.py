@@ -27,6 +27,7 @@ __all__ = [
     "MAX_OFFSET",
     "MAX_REF",
     "MAX_TIMEOUT",
+    "MIN_ACK_TIMEOUT",
     "SHORT_NAMES",
     "VERBS",
     "ControlError",
@@ -61,6 +62,9 @@ MAX_TIMEOUT: Final = 300.0
 DEFAULT_TIMEOUT: Final = 10.0
 #: Largest ``ack_timeout``, in seconds (one day); the default is 30.
 MAX_ACK_TIMEOUT: Final = 86400.0
+#: Smallest ``ack_timeout``, in seconds (as the library's): a group mail not acknowledged
+#: within it is redelivered, so a tiny one would redeliver in a busy loop.
+MIN_ACK_TIMEOUT: Final = 0.1
 DEFAULT_ACK_TIMEOUT: Final = 30.0
 #: Longest ``i`` (request reference), in characters of its JSON.
 MAX_REF: Final = 64
@@ -233,7 +237,8 @@ def _check_fields(verb: str, request: dict[str, Any], names: Names) -> dict[str,
             request, "size", DEFAULT_MAILBOX_SIZE, MAX_MAILBOX_SIZE, names
         )
         checked["ack_timeout"] = _seconds(
-            request, "ack_timeout", DEFAULT_ACK_TIMEOUT, MAX_ACK_TIMEOUT, names
+            request, "ack_timeout", DEFAULT_ACK_TIMEOUT, MAX_ACK_TIMEOUT, names,
+            minimum=MIN_ACK_TIMEOUT,
         )
     elif verb in ("d", "b", "g", "q"):
         checked["t"] = _name(request, "t", f"message type ({names.quoted('t')})", names)
@@ -302,7 +307,12 @@ def _count(
 
 
 def _seconds(
-    request: dict[str, Any], key: str, default: float, limit: float, names: Names
+    request: dict[str, Any],
+    key: str,
+    default: float,
+    limit: float,
+    names: Names,
+    minimum: float | None = None,
 ) -> float:
     value = request.get(key, default)
     if (
@@ -310,7 +320,9 @@ def _seconds(
         or not isinstance(value, int | float)
         or not math.isfinite(value)
         or not 0 < value <= limit
+        or (minimum is not None and value < minimum)
     ):
-        raise _bad(f"{names.quoted(key)} must be a number of seconds > 0 and <= {limit:g}, "
+        low = f">= {minimum:g}" if minimum is not None else "> 0"
+        raise _bad(f"{names.quoted(key)} must be a number of seconds {low} and <= {limit:g}, "
                    f"got {show(value)}")
     return float(value)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -117,10 +118,17 @@ class ListenSession:
 
     :ivar answer: the ``l`` answer (``{"ok": true, "r", "c"}``) to write before any mail.
     :ivar reason: why the stream ended (None while it runs).
+    :param on_end: called with the session once, when it ends (detached, or closed by
+        its transport): the plane counts the listens open.
     """
 
     def __init__(
-        self, channel: Channel, listener_id: str, sink: ListenSink, auto_ack: bool
+        self,
+        channel: Channel,
+        listener_id: str,
+        sink: ListenSink,
+        auto_ack: bool,
+        on_end: Callable[[ListenSession], object] | None = None,
     ) -> None:
         self.channel = channel
         self.listener_id = listener_id
@@ -137,9 +145,15 @@ class ListenSession:
         self._attachment: Attachment | None = None
         self._closing = False
         self._read_only = False
+        self._on_end = on_end
 
     def __repr__(self) -> str:
         return f"<ListenSession {self.channel.name}/{self.listener_id} in_flight={self.in_flight}>"
+
+    def _ended(self) -> None:
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self)
 
     @property
     def in_flight(self) -> int:
@@ -177,6 +191,7 @@ class ListenSession:
             return
         self.reason = reason
         self._attachment = None
+        self._ended()
         self._pending.clear()
         self._written_paused.clear()
         self._early.clear()
@@ -243,6 +258,8 @@ class ListenSession:
         ``id`` is the mail's wire id (:func:`wire_id`, as its mail line showed it). Fails
         with :class:`ControlError` (``bad_request``: another line; ``unknown_mail``: no
         such mail in flight; ``invalid_data``: a reply that is not JSON); nothing is done then.
+        A request (``"q": true``) is answered with ``reply`` or ``error``, or released: a
+        bare ``ack`` of one is ``bad_request`` (its requester would wait for its timeout).
         """
         try:
             return self._client_line(line)
@@ -299,6 +316,13 @@ class ListenSession:
             del self._pending[wire_id(mail)]
             replied = self.channel.mailboxes.reply(mail.reply_to, mail.correlation, ok, value_json)
             return replied.addCallback(lambda _: self._settle(mail, release=False))
+        mail = self._find(mail_id)
+        if mail.correlation is not None:
+            raise ControlError(
+                "bad_request",
+                f"mail {show(mail_id)} is a request: answer it with reply or error "
+                "(or release it)",
+            )
         return self._settle(self._take(mail_id), release=False)
 
     def _find(self, mail_id: object) -> Mail:
@@ -329,8 +353,9 @@ class ListenSession:
             if not held:
                 raise ControlError(
                     "unknown_mail",
-                    f"mail {show(wire_id(mail))} was no longer this stream's (its ack deadline "
-                    "passed, or the listener was stopped): it went back for redelivery",
+                    f"mail {show(wire_id(mail))} was not this stream's to acknowledge (its ack "
+                    "deadline passed, the listener was stopped, or the backend lost track of "
+                    "it); if it was not settled it will be delivered again",
                 )
 
         return settled.addCallback(done)
@@ -340,6 +365,7 @@ class ListenSession:
         if self._closing:
             return succeed(None)
         self._closing = True
+        self._ended()
         self._pending.clear()
         self._written_paused.clear()
         self._early.clear()

@@ -44,9 +44,17 @@ rather than risk acknowledging mail to a client that is gone.
 
 Errors are lines ``{"error", "v", "code"}`` (+ ``"i"``); the connection stays usable,
 except for a line longer than ``max_line`` bytes (``code`` ``too_large``, then closed) and
-a connection beyond ``max_connections`` (``code`` ``limit``, then closed). Bounds: at
-most ``max_pending`` lines of one connection being carried out at once (beyond that the
-hub stops reading it), and the hub stops reading while the client does not read.
+a connection beyond ``max_connections`` (``code`` ``limit``, then closed; the first
+refusal is logged, then one summary a minute at most). The error of an ack or release
+line on a listen stream says ``"v": "ack"`` (or ``"release"``) and carries the line's
+``"id"``. Bounds: at most ``max_pending`` lines of one connection being carried out at
+once (beyond that the hub stops reading it), and the hub stops reading while the client
+does not read.
+
+**The hub stopping** (:meth:`ControlFactory.close_all`): a listen or watch stream gets a
+last line ``{"end": "stopping"}``; every request still waiting for its answer (a ``q``
+waiting for its reply) is answered ``unavailable`` ("the hub is stopping"); then the
+connection is closed.
 """
 
 from __future__ import annotations
@@ -62,9 +70,11 @@ from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IHalfCloseableProtocol,
     IListeningPort,
     IPushProducer,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -78,6 +88,7 @@ from ..channels.base import Gap
 from ..channels.message import MAX_DEPTH, Message, encode_json, nested_deeper_than
 from ._channels import REMOVED
 from ._control import ControlError, ControlPlane, ListenSession, error_answer, ref_of
+from ._limits import WARN_EVERY
 from .options import is_loopback
 
 __all__ = ["ControlFactory", "ControlProtocol", "WatchCarrier", "listen_control"]
@@ -107,6 +118,10 @@ def _finite_float(text: str) -> float:
 
 _decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
+#: How deeply a line may nest: its object, and data of up to MAX_DEPTH levels in it.
+MAX_LINE_DEPTH = MAX_DEPTH + 1
+_TOO_DEEP = f"a line must not nest its data deeper than {MAX_DEPTH} levels"
+
 
 def parse_line(line: bytes) -> dict[str, Any]:
     """A line as a JSON object, or :class:`ControlError` (``bad_request``) saying why not."""
@@ -116,14 +131,14 @@ def parse_line(line: bytes) -> dict[str, Any]:
         raise ControlError("bad_request", f"a line must be valid UTF-8 (byte {e.start})") from None
     if not text.strip():
         raise ControlError("bad_request", "empty line: send one JSON object per line")
-    if nested_deeper_than(text, MAX_DEPTH):
-        raise ControlError("bad_request", f"a line must not nest deeper than {MAX_DEPTH} levels")
+    # The line's object is one level: its data may nest MAX_DEPTH levels below it (the
+    # plane checks the data itself).
+    if nested_deeper_than(text, MAX_LINE_DEPTH):
+        raise ControlError("bad_request", _TOO_DEEP)
     try:
         value = _decoder.decode(text)
     except RecursionError:
-        raise ControlError(
-            "bad_request", f"a line must not nest deeper than {MAX_DEPTH} levels"
-        ) from None
+        raise ControlError("bad_request", _TOO_DEEP) from None
     except ValueError as e:
         raise ControlError("bad_request", f"malformed JSON: {clip(str(e))}") from None
     if not isinstance(value, dict):
@@ -134,7 +149,8 @@ def parse_line(line: bytes) -> dict[str, Any]:
 
 
 def _line(value: dict[str, Any]) -> bytes:
-    return encode_json(value).encode("utf-8") + b"\n"
+    # Data (a payload, a reply) was checked at MAX_DEPTH; the line adds one level.
+    return encode_json(value, MAX_LINE_DEPTH).encode("utf-8") + b"\n"
 
 
 class WatchCarrier(QueueingCarrier):
@@ -232,7 +248,10 @@ class ControlProtocol(Protocol):
         self._gone = False
         self.session: ListenSession | None = None
         self.carrier: WatchCarrier | None = None
-        self._requests: set[Deferred[Any]] = set()  # "q" answers awaited (cancelled at the end)
+        # Answers awaited, with their verb and ref: answered "unavailable" if the hub stops
+        # first (and a "q" is cancelled then, or when the client goes).
+        self._requests: dict[Deferred[Any], tuple[object, str | int | None]] = {}
+        self._stopping = False  # close() answered what was pending: later answers are dropped
         self._read_eof = False  # the client half-closed: no more data comes
         self._read_only = False  # the listen stream went read-only at the end of data
         self.peer = "?"
@@ -257,8 +276,9 @@ class ControlProtocol(Protocol):
             session.close().addErrback(self._bug, "closing a listen stream")
         if self.carrier is not None:
             self.carrier.connection_lost()
-        for request in list(self._requests):
-            request.cancel()
+        for request, (verb, _ref) in list(self._requests.items()):
+            if verb == "q":
+                request.cancel()
 
     def readConnectionLost(self) -> None:
         """
@@ -303,11 +323,23 @@ class ControlProtocol(Protocol):
                 self.session.read_only()
 
     def close(self, reason: str = STOPPING) -> None:
-        """End the connection (the hub stops): a stream is told ``{"end": reason}``."""
-        if self._gone:
+        """
+        End the connection (the hub stops): a stream is told ``{"end": reason}``, every
+        request awaiting its answer is answered ``unavailable`` (see the module doc).
+        """
+        if self._gone or self._stopping:
             return
-        if self._mode == "listen":
+        if self._mode in ("listen", "watch"):
             self._write({"end": reason})
+        for verb, ref in list(self._requests.values()):
+            message = "the hub is stopping"
+            if verb != "q":
+                message += " (the request may or may not have been carried out)"
+            self._send_error(ControlError("unavailable", message), verb, ref)
+        self._stopping = True
+        for request, (verb, _ref) in list(self._requests.items()):
+            if verb == "q":
+                request.cancel()  # (forgets it: a late reply is ignored)
         self._mode = "ended"
         transport: Any = self.transport
         transport.loseConnection()
@@ -426,9 +458,8 @@ class ControlProtocol(Protocol):
             request = parse_line(line)
             if self._mode == "listen":
                 assert self.session is not None
-                self._track(
-                    self.session.client_line(request), request.get("v"), ref_of(request)
-                )
+                verb, extra = _settling(request)
+                self._track(self.session.client_line(request), verb, ref_of(request), extra)
             elif self._mode == "watch":
                 raise ControlError(
                     "streaming", "this connection is a watch stream: it takes no requests; "
@@ -442,21 +473,30 @@ class ControlProtocol(Protocol):
                     self._open_watch(request)
                 else:
                     answered = self.factory.plane.execute(request)
-                    if verb == "q" and not answered.called:
-                        self._requests.add(answered)
+                    if not answered.called:
+                        self._requests[answered] = (verb, ref_of(request))
                         answered.addBoth(self._forget, answered)
-                    self._track(answered, request.get("v"), ref_of(request))
+                    self._track(answered, verb, ref_of(request))
         except Exception as e:
             self._send_error(e, _verb(request), ref_of(request))
 
     def _forget(self, result: object, request: Deferred[Any]) -> object:
-        self._requests.discard(request)
+        self._requests.pop(request, None)
         return result
 
-    def _track(self, answered: Deferred[Any], verb: object, ref: str | int | None) -> None:
-        """Count ``answered`` as pending until it fires; write its answer (or error)."""
+    def _track(
+        self,
+        answered: Deferred[Any],
+        verb: object,
+        ref: str | int | None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """
+        Count ``answered`` as pending until it fires; write its answer (or its error, with
+        ``extra``'s fields).
+        """
         if answered.called and not isinstance(answered.result, Deferred):
-            answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref))
+            answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref, extra))
             return
         self._pending += 1
         if self._pending >= self.factory.max_pending:
@@ -469,22 +509,37 @@ class ControlProtocol(Protocol):
             self._after_eof()  # (a half-closed client: its last answer may be out)
             return result
 
-        answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref))
+        answered.addCallbacks(self._answer, self._failed, errbackArgs=(verb, ref, extra))
         answered.addBoth(settled)
 
     def _answer(self, answer: object) -> None:
-        if isinstance(answer, dict):  # (acks and releases answer nothing)
+        if isinstance(answer, dict) and not self._stopping:  # (acks and releases: nothing)
             self._write(answer)
 
-    def _failed(self, failure: Failure, verb: object, ref: str | int | None) -> None:
-        if failure.check(CancelledError) and self._gone:
+    def _failed(
+        self,
+        failure: Failure,
+        verb: object,
+        ref: str | int | None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        if failure.check(CancelledError) and (self._gone or self._stopping):
             return
-        self._send_error(failure, verb, ref)
+        if self._stopping:  # (answered "unavailable" already)
+            return
+        self._send_error(failure, verb, ref, extra)
 
     def _send_error(
-        self, error: BaseException | Failure, verb: object, ref: str | int | None
+        self,
+        error: BaseException | Failure,
+        verb: object,
+        ref: str | int | None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        self._write(error_answer(error, verb, ref))
+        answer = error_answer(error, verb, ref)
+        if extra:
+            answer.update(extra)
+        self._write(answer)
 
     def _write(self, value: dict[str, Any]) -> None:
         if self._gone:
@@ -558,6 +613,17 @@ def _verb(request: object) -> object:
     return request.get("v") if isinstance(request, dict) else None
 
 
+def _settling(line: dict[str, Any]) -> tuple[object, dict[str, Any] | None]:
+    """
+    The verb an error answer of listen stream line ``line`` names (``"ack"``,
+    ``"release"``; else the line's ``v``), and the fields it adds (``"id"``: the line's).
+    """
+    for verb in ("release", "ack"):
+        if verb in line:
+            return verb, {"id": line[verb]}
+    return line.get("v"), None
+
+
 class _Refused(Protocol):
     """A connection beyond ``max_connections``: one error line, then closed."""
 
@@ -582,6 +648,8 @@ class ControlFactory(Factory):
     :param max_pending: lines of one connection carried out at once.
     :param max_queue: lines queued for a watching client that is not reading.
     :param overflow: what happens when that queue is full (as for WebSocket clients).
+    :param clock: for the refusals' log (the first is logged, then at most one summary
+        every :data:`~._limits.WARN_EVERY` seconds); the reactor by default.
     """
 
     def __init__(
@@ -593,7 +661,18 @@ class ControlFactory(Factory):
         max_pending: int = MAX_PENDING,
         max_queue: int = 1000,
         overflow: str = DROP_OLDEST,
+        clock: IReactorTime | None = None,
     ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.clock: IReactorTime = clock
+        #: Connections refused (beyond ``max_connections``) since the factory was made.
+        self.refused = 0
+        self._reported = 0
+        self._warned_at: float | None = None
+        self._summary: IDelayedCall | None = None
         self.plane = plane
         self.max_line = max_line
         self.max_connections = max_connections
@@ -604,8 +683,7 @@ class ControlFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         if len(self.connections) >= self.max_connections:
-            _log.warn("control connection refused: {n} open already (the limit)",
-                      n=len(self.connections))
+            self._report_refusal()
             refused = _Refused(self.max_connections)
             refused.factory = self
             return refused
@@ -613,8 +691,38 @@ class ControlFactory(Factory):
         protocol.factory = self
         return protocol
 
+    def _report_refusal(self) -> None:
+        """
+        Log the first refusal; later ones are counted and told in one summary line (with
+        the count) at most every :data:`~._limits.WARN_EVERY` seconds.
+        """
+        self.refused += 1
+        if self._summary is not None:
+            return  # (told in the summary already due)
+        now = self.clock.seconds()
+        if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+            self._log_refusals()
+        else:
+            self._summary = self.clock.callLater(
+                self._warned_at + WARN_EVERY - now, self._log_refusals
+            )
+
+    def _log_refusals(self) -> None:
+        self._summary = None
+        count, self._reported = self.refused - self._reported, self.refused
+        self._warned_at = self.clock.seconds()
+        if count:
+            _log.warn(
+                "refused {count} control connection(s) since the last report: "
+                "{limit} are open, the --max-control-connections limit",
+                count=count, limit=self.max_connections,
+            )
+
     def close_all(self, reason: str = STOPPING) -> None:
         """Close every control connection (streams get ``{"end": reason}`` first)."""
+        if self._summary is not None:  # (told now: the timer would outlive the hub)
+            self._summary.cancel()
+            self._log_refusals()
         for connection in list(self.connections):
             connection.close(reason)
 

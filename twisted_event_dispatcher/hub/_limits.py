@@ -253,11 +253,20 @@ def _open_descriptors() -> int | None:
     return None
 
 
-def descriptor_shortfall(max_connections: int) -> str | None:
+def descriptor_shortfall(
+    max_connections: int, *, max_control_connections: int = 0, max_listens: int = 0
+) -> str | None:
     """
-    None if the process may open ``max_connections`` more sockets (besides the
-    descriptors it holds now and a few spare); otherwise a warning saying what to change.
-    Past the file descriptor limit, accepting fails for everyone until some close.
+    None if the process may open the descriptors its bounds allow (besides those it holds
+    now and a few spare); otherwise a warning saying what to change. Past the file
+    descriptor limit, accepting fails for everyone (``EMFILE``: even ``/health`` and
+    ``POST /events`` are reset) until some close.
+
+    :param max_connections: HTTP connections (``--max-connections``).
+    :param max_control_connections: control socket connections
+        (``--max-control-connections``; 0 without a control socket).
+    :param max_listens: listens open at once (``--max-listens``) when each one holds a
+        connection to Redis (a Redis hub; 0 on a memory hub, where a listen costs none).
     """
     try:
         import resource
@@ -269,12 +278,23 @@ def descriptor_shortfall(max_connections: int) -> str | None:
     in_use = _open_descriptors()
     if in_use is None:
         in_use = 16
-    needed = max_connections + in_use + SPARE_DESCRIPTORS
+    bounds = [
+        (value, option, note)
+        for value, option, note in (
+            (max_connections, "--max-connections", ""),
+            (max_control_connections, "--max-control-connections", ""),
+            (max_listens, "--max-listens", " (one Redis connection each)"),
+        )
+        if value
+    ]
+    allowed = sum(value for value, _, _ in bounds)
+    needed = allowed + in_use + SPARE_DESCRIPTORS
     if needed <= soft:
         return None
+    named = " + ".join(f"{option} {value}{note}" for value, option, note in bounds)
+    lower = " or ".join(option for _, option, _ in bounds)
     return (
-        f"--max-connections {max_connections} needs about {needed} file descriptors, but "
-        f"the limit (ulimit -n) is {soft}: past about {max(soft - needed + max_connections, 0)} "
-        "connections new ones would fail for everyone; raise the limit or lower "
-        "--max-connections"
+        f"{named} need about {needed} file descriptors, but the limit (ulimit -n) is "
+        f"{soft}: past about {max(soft - needed + allowed, 0)} open connections and listens "
+        f"new ones would fail for everyone; raise the limit or lower {lower}"
     )

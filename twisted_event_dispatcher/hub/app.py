@@ -81,6 +81,8 @@ class Hub:
     :param add_channels: channels created at start besides the default one (they come
         back with every restart, unlike those created at run time).
     :param max_listeners: listeners one channel may have.
+    :param max_listens: listener streams open at once, over every transport (on Redis
+        each holds a connection to Redis, hence a file descriptor).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Hub:
         max_channels: int = 100,
         add_channels: tuple[str, ...] = (),
         max_listeners: int = 10000,
+        max_listens: int = 1000,
         clock: IReactorTime | None = None,
     ) -> None:
         self.token = token
@@ -135,6 +138,9 @@ class Hub:
         )
         #: Listeners one channel may have (the control plane's ``r`` verb refuses more).
         self.max_listeners = check_count(max_listeners, "max_listeners")
+        #: Listener streams open at once over every transport (each holds a Redis
+        #: connection on Redis); read by the control plane.
+        self.max_listens = check_count(max_listens, "max_listens")
         for name in add_channels:
             check_event_name(name, "channel name")
             if name == channel_name or add_channels.count(name) > 1:
@@ -368,7 +374,12 @@ class HubService(Service):
             if host:
                 self.hub.allow_host(host)
             _log.info("event hub listening on {where}", where=where)
-            shortfall = self.max_connections and descriptor_shortfall(self.max_connections)
+            control = self.control_factory
+            shortfall = self.max_connections and descriptor_shortfall(
+                self.max_connections,
+                max_control_connections=control.max_connections if control else 0,
+                max_listens=self.hub.max_listens if self.hub.backend == "redis" else 0,
+            )
             if shortfall:
                 _log.warn("{shortfall}", shortfall=shortfall)
             self.ready.callback(port)

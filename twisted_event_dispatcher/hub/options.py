@@ -101,6 +101,9 @@ class HubOptions(usage.Options):
         ["max-channels", None, 100, "Channels that may exist at once (the default one "
          "included).", int],
         ["max-listeners", None, 10000, "Listeners one channel may have.", int],
+        ["max-listens", None, 1000, "Listens (listener streams) open at once in the whole "
+         "hub, over every transport; with --channel redis each holds a connection to Redis "
+         "(a file descriptor).", int],
     ]
 
     def __init__(self) -> None:
@@ -228,7 +231,7 @@ class HubOptions(usage.Options):
 
     def _check_control(self) -> None:
         """``--control`` (loopback only, unless a unix socket), ``--control-mode``, bounds."""
-        for name in ("max-control-connections", "max-channels", "max-listeners"):
+        for name in ("max-control-connections", "max-channels", "max-listeners", "max-listens"):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} must be at least 1, got {self[name]}")
         if self["channel-name"] in self["add-channels"]:

@@ -21,7 +21,7 @@ from ..channels.base import check_event_name
 from ..channels.message import MAX_DEPTH, encode_json, nested_deeper_than
 from ..errors import InvalidDataError
 from ..results import FireResult
-from ._health import describe_channels
+from ._health import health_report
 from ._limits import _response
 from ._publish import NotPublished
 
@@ -383,10 +383,11 @@ class HealthResource(Resource):
     """
     ``GET /health``: JSON status (:meth:`Hub.health`), plus ``channels``: every channel
     of the hub (the default one first, then in creation order) as ``{"name", "backend",
-    "subscribers", "listeners"}``. Counting a Redis channel's listeners asks Redis, so the
-    answer is rendered when every count is in; a count Redis cannot give (down, hung:
-    its calls fail within the channel's reply timeout) is ``null``, and ``status`` says
-    ``degraded`` with the reason.
+    "subscribers", "listeners"}``; on a hub with a token, only for a request that carries
+    it (others get the number of channels: names can be secrets). Counting a Redis
+    channel's listeners asks Redis, so the answer is rendered when every count is in; a
+    count Redis cannot give (down, hung: within :data:`~._health.HEALTH_DEADLINE`) is
+    ``null``, and ``status`` says ``degraded`` with the reason.
     """
 
     isLeaf = True
@@ -398,18 +399,21 @@ class HealthResource(Resource):
     def render_GET(self, request: Request) -> int:
         finished: list[object] = []
         request.notifyFinish().addBoth(finished.append)
-        health = self.hub.health()
+        try:
+            authorized = token_ok(self.hub.token, request_token(request))
+        except ValueError:  # (a token that is not UTF-8: not the right one)
+            authorized = False
 
-        def write(channels: list[dict[str, Any]]) -> None:
+        def write(health: dict[str, Any]) -> None:
             if not finished:
-                finish_with(request, respond(request, 200, {**health, "channels": channels}))
+                finish_with(request, respond(request, 200, health))
 
         def failed(failure: Failure) -> None:
             _log.failure("GET /health failed", failure=failure)
             if not finished:
                 finish_with(request, respond(request, 500, {"error": failure.getErrorMessage()}))
 
-        Deferred.fromCoroutine(describe_channels(self.hub)).addCallbacks(write, failed)
+        Deferred.fromCoroutine(health_report(self.hub, authorized)).addCallbacks(write, failed)
         return NOT_DONE_YET
 
 

@@ -44,6 +44,7 @@ def make_service(options: HubOptions, reactor: Any = None) -> HubService:
         add_channels=tuple(options["add-channels"]),
         max_channels=options["max-channels"],
         max_listeners=options["max-listeners"],
+        max_listens=options["max-listens"],
     )
     control = options["control"]
     return HubService(

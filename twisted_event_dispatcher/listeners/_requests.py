@@ -6,6 +6,10 @@ with a timeout on the channel's clock.
 before ``put`` returns); the backend's ``on_reply`` (this table's :meth:`on_reply`) settles
 it. A reply that arrives late (after the timeout, or a cancel) or was never asked for is
 ignored with a debug line: the requester has already been told.
+
+A request whose ``put`` has not been confirmed when its timeout comes (Redis did not
+answer) fails with a :class:`~twisted_event_dispatcher.errors.RequestTimeoutError` that
+says so rather than blaming the listener: the request may never have reached it.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ _log = Logger(namespace="twisted_event_dispatcher.listeners")
 
 
 class _Pending:
-    __slots__ = ("answer", "timer", "target", "event", "timeout")
+    __slots__ = ("answer", "timer", "target", "event", "timeout", "stored")
 
     def __init__(
         self, answer: Deferred[Any], timer: IDelayedCall, target: str, event: str, timeout: float
@@ -39,6 +43,7 @@ class _Pending:
         self.target = target
         self.event = event
         self.timeout = timeout
+        self.stored = False  # the put was confirmed (the request is in the mailbox)
 
 
 class PendingRequests:
@@ -73,9 +78,28 @@ class PendingRequests:
     def _expire(self, correlation: str) -> None:
         pending = self._pending.pop(correlation, None)
         if pending is not None:
-            pending.answer.errback(
-                RequestTimeoutError(pending.target, pending.event, pending.timeout)
-            )
+            error = RequestTimeoutError(pending.target, pending.event, pending.timeout)
+            if not pending.stored:
+                error.args = (
+                    f"no reply within {pending.timeout:g} s (the request may not have "
+                    "reached the listener: Redis did not answer)",
+                )
+            pending.answer.errback(error)
+
+    def sent(self, result: object, correlation: str) -> object:
+        """The request's ``put`` was confirmed: it is in the mailbox (a timeout is not Redis')."""
+        pending = self._pending.get(correlation)
+        if pending is not None:
+            pending.stored = True
+        return result
+
+    def fail_all(self, error: Exception) -> None:
+        """Fail every request waiting for its reply with ``error`` (its channel is gone)."""
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if entry.timer.active():
+                entry.timer.cancel()
+            entry.answer.errback(error)
 
     def fail(self, failure: Failure, correlation: str) -> None:
         """The request could not be sent (unknown listener, full mailbox, ...)."""

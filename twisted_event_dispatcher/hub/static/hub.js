@@ -310,6 +310,40 @@ function addListener(id, group) {
   $("listeners").append(li);
 }
 
+// Acknowledge a mail (with "reply" or "error" for a request); the cell says how it ended.
+function settle(mail, fields, cell, done, buttons, output) {
+  for (const button of buttons) button.disabled = true;
+  const request = {type: "ack", channel: mail.channel, listener: mail.listener, id: mail.id};
+  control({...request, ...fields}, output, () => {
+    cell.className = "acked";
+    cell.replaceChildren(done);
+  }, () => { for (const button of buttons) button.disabled = false; });
+}
+
+// A request is answered, never just acknowledged: a reply (JSON) or a failure.
+function answerControls(mail, cell) {
+  const input = document.createElement("input");
+  input.className = "reply";
+  input.placeholder = "reply (JSON)";
+  input.setAttribute("aria-label", `reply to request ${mail.id} (JSON)`);
+  const reply = smallButton("reply", `answer request ${mail.id} with the JSON value`);
+  const failure = smallButton("fail", `fail request ${mail.id}: its requester gets an error`);
+  const output = document.createElement("output");
+  reply.onclick = () => {
+    let value;
+    try {
+      value = JSON.parse(input.value || "null");
+    } catch (error) {
+      say(output, `not valid JSON: ${error.message}`, false);
+      return;
+    }
+    settle(mail, {reply: value}, cell, "replied", [reply, failure], output);
+  };
+  failure.onclick = () => settle(mail, {error: "failed from the demo page"}, cell, "failed",
+    [reply, failure], output);
+  return [input, reply, failure, output];
+}
+
 function showMail(mail) {
   const key = JSON.stringify([mail.channel, mail.listener, mail.id]);
   const entry = listeners.get(mail.listener);
@@ -330,17 +364,12 @@ function showMail(mail) {
   if (entry && entry.autoAck && !mail.request) {  // (a request waits for its reply)
     cell.textContent = "auto-acked";
     cell.className = "acked";
+  } else if (mail.request) {
+    cell.append(...answerControls(mail, cell));
   } else {
     const button = smallButton("ack", `acknowledge mail ${mail.id}: it will not come again`);
     const output = document.createElement("output");
-    button.onclick = () => {
-      button.disabled = true;
-      const request = {type: "ack", channel: mail.channel, listener: mail.listener, id: mail.id};
-      control(request, output, () => {
-        cell.className = "acked";
-        cell.replaceChildren("acked");
-      }, () => { button.disabled = false; });
-    };
+    button.onclick = () => settle(mail, {}, cell, "acked", [button], output);
     cell.append(button, output);
   }
   tr.appendChild(cell);
