@@ -9,6 +9,7 @@ import gc
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import LogLevel, formatEvent
 
 from tests._hub import ROOT, HubProcess, start_hub
 from tests._log import LogCapture
@@ -31,6 +33,7 @@ from twisted_event_dispatcher.client import (
     ClientEvent,
     ClientMail,
     ClientNotice,
+    ClientRefusal,
     ClientStream,
     ClientWatch,
     HubClient,
@@ -327,6 +330,28 @@ async def test_hub_errors_are_the_library_exceptions(hub: Hub, transport: str) -
 
 
 @pytest_twisted.ensureDeferred
+async def test_data_may_nest_64_levels(hub: Hub, transport: str) -> None:
+    # The client refused 64 levels (it counted the request around the data).
+    def nested(levels: int) -> Any:
+        value: Any = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    client = await hub.connect(transport)
+    name = await client.create_channel(hub.name())
+    await client.register(name, "w")
+    sent = await within(client.dispatch(name, "w", "job", nested(64)))
+    stream = client.stream(name, "w")
+    mail = await next_mail(stream)
+    assert (mail.id, mail.data) == (sent, nested(64))
+    with pytest.raises(InvalidDataError) as refused:
+        client.dispatch(name, "w", "job", nested(65))
+    assert str(refused.value) == "data must not nest deeper than 64 levels"
+    await stream.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_lost_call_fails_and_is_not_sent_again(hub: Hub, transport: str) -> None:
     client = await hub.connect(transport)
     name = await client.create_channel(hub.name())
@@ -505,6 +530,145 @@ async def test_a_stream_ends_when_its_listener_is_removed_or_replaced(
     await within(newer.wait_open())
     assert await within(replaced.wait_ended()) == "replaced"
     await newer.close()
+
+
+def client_log(log: LogCapture, level: LogLevel) -> list[str]:
+    """What the client library logged at ``level``."""
+    return [
+        formatEvent(e) for e in log.events
+        if e.get("log_namespace") == "twisted_event_dispatcher.client"
+        and e.get("log_level") == level
+    ]
+
+
+async def next_retry(held: Clock) -> None:
+    """Let ``held``'s scheduled reconnect attempt go, and wait until it failed again."""
+    (call,) = held.getDelayedCalls()
+    held.advance(call.getTime() - held.seconds())
+    await until(lambda: bool(held.getDelayedCalls()), "the attempt to fail")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hub_that_stays_down_is_logged_once_a_minute_not_at_every_attempt(
+    log: LogCapture,
+) -> None:
+    # It logged a warning at every attempt: every 5 s, 720 lines an hour.
+    directory = tempfile.mkdtemp(prefix="ted-client-")
+    socket = f"unix:{os.path.join(directory, 'hub.sock')}"
+    process = await start_hub("--control", socket)
+    client = await HubClient.connect(socket)
+    try:
+        await client.register(None, "w")
+        stream = client.stream(None, "w")
+        await within(stream.wait_open())
+        held = hold_reconnects(stream)
+        process.signal("KILL")  # (not stopping: its stream is not ended, but lost)
+        await process.ended
+        await until(lambda: bool(held.getDelayedCalls()), "the loss")
+        began = held.seconds()
+        attempts = 0
+        while held.seconds() - began < 600:  # ten minutes of a hub that stays down
+            await next_retry(held)
+            attempts += 1
+        warned = client_log(log, LogLevel.warn)
+        assert attempts > 100 and 10 <= len(warned) <= 12, warned  # the loss, one a minute
+        assert warned[0] == (
+            "stream 'w' on the hub's default channel: the stream's connection was lost; "
+            "reconnecting in 0.1 s; unacknowledged mail will be delivered again"
+        )
+        assert "may or may not" not in " ".join(warned)
+        counts = [int(re.findall(r"still reconnecting: (\d+) failed attempt", w)[0])
+                  for w in warned[1:]]
+        assert counts == sorted(counts) and attempts - 13 < counts[-1] < attempts  # a minute
+        assert "cannot connect" in warned[-1] and "refused" in warned[-1]
+
+        process = await start_hub("--control", socket)
+        await client.register(None, "w")  # (a memory hub: its listeners went with it)
+        (call,) = held.getDelayedCalls()
+        held.advance(call.getTime() - held.seconds())
+        await within(stream.wait_open())
+        assert stream.reconnects == 1
+        assert client_log(log, LogLevel.warn) == warned  # nothing more while it was back
+        (back,) = client_log(log, LogLevel.info)
+        assert back.startswith(f"stream 'w' on the hub's default channel: reconnected after "
+                               f"{attempts} failed attempt(s) in ")
+    finally:
+        await client.close()
+        await process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_ack_is_logged_and_kept_on_the_stream(
+    hub: Hub, transport: str, log: LogCapture
+) -> None:
+    # ack() fires True when the line is sent; the hub's refusal used to be a generic
+    # warning (WebSocket) or a line naming no mail (control socket), nothing a program
+    # could look at.
+    client = await hub.connect(transport)
+    name = await client.create_channel(hub.name())
+    await client.register(name, "w", group="g")
+    job = await client.dispatch_group(name, "g", "job", 1)
+    stream = client.stream(name, "w")
+    mail = await next_mail(stream)
+    assert mail.id == job
+    await client.dispatch(name, "w", "stop")  # a stopped member's group mail goes back
+    assert await mail.ack() is True  # sent, which is no confirmation
+    await until(lambda: bool(stream.refused), "the hub's refusal")
+    (refusal,) = stream.refused
+    assert isinstance(refusal, ClientRefusal)
+    assert (refusal.id, refusal.how, refusal.code) == (job, "ack", "unknown_mail")
+    assert job in refusal.message
+    (warned,) = [w for w in client_log(log, LogLevel.warn) if "refused" in w]
+    assert warned.startswith(
+        f"stream 'w' on channel '{name}': the hub refused the ack of mail {job!r}: "
+    ) and warned.endswith(" (unknown_mail)")
+    await client.dispatch(name, "w", "start")
+    again = await next_mail(stream)
+    assert (again.id, again.deliveries) == (job, 2)
+    assert await again.ack() is True
+    marker = await client.dispatch(name, "w", "marker")
+    assert (await next_mail(stream)).id == marker  # the hub took that ack: nothing more
+    assert len(stream.refused) == 1
+    await stream.close()
+    no_traceback(hub)
+
+
+@pytest_twisted.ensureDeferred
+async def test_calls_work_again_after_a_hub_restart(transport: str) -> None:
+    directory = tempfile.mkdtemp(prefix="ted-client-")
+    socket = f"unix:{os.path.join(directory, 'hub.sock')}"
+    process = await start_hub("--control", socket)
+    port = process.port
+    url = socket if transport == "socket" else f"ws://127.0.0.1:{port}/ws"
+    client = await HubClient.connect(url)
+    try:
+        await client.register(None, "idle")
+        pending = client.request(None, "idle", "work", timeout=60)
+        # (answered after the hub read the request, sent before it on the same connection)
+        assert isinstance(await within(client.broadcast_message(None, "news")), int)
+        process.signal("KILL")  # a crash (a stopping hub answers it "unavailable")
+        await process.ended
+        with pytest.raises(HubConnectionError) as lost:
+            await within(pending)
+        assert "may or may not" in str(lost.value)
+        with pytest.raises(HubConnectionError) as down:  # at once, while it is down
+            await within(client.create_channel())
+        assert "cannot connect" in str(down.value)
+
+        process = await start_hub("--control", socket, "--listen",
+                                  f"tcp:{port}:interface=127.0.0.1")
+        assert isinstance(await within(client.create_channel()), str)  # a new connection
+        await client.register(None, "idle")
+        stream = client.stream(None, "idle")
+        marker = await client.dispatch(None, "idle", "marker")
+        first = await next_mail(stream)
+        assert (first.id, first.event) == (marker, "marker")  # the request was not resent
+        await stream.close()
+    finally:
+        await client.close()
+        await process.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # -- the blocking client ----------------------------------------------------------------------

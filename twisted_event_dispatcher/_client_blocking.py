@@ -24,7 +24,14 @@ from twisted.python.failure import Failure
 from .errors import ReactorThreadError, SyncTimeoutError
 
 if TYPE_CHECKING:
-    from ._client_stream import ClientEvent, ClientMail, ClientNotice, ClientStream, ClientWatch
+    from ._client_stream import (
+        ClientEvent,
+        ClientMail,
+        ClientNotice,
+        ClientRefusal,
+        ClientStream,
+        ClientWatch,
+    )
     from .client import HubClient
 
 __all__ = ["BlockingHubClient", "BlockingMail", "BlockingStream", "BlockingWatch"]
@@ -101,7 +108,7 @@ class BlockingMail:
         self._timeout = timeout
 
     def ack(self) -> bool:
-        """Acknowledge it (see ``ClientMail.ack``)."""
+        """Send its acknowledgement (see ``ClientMail.ack``: True means sent)."""
         return bool(_blocking("ack", self.mail.ack, self._timeout))
 
     def reply(self, value: Any) -> bool:
@@ -183,6 +190,11 @@ class BlockingStream(_BlockingIterator):
         if mail is None:
             raise StopIteration
         return mail
+
+    @property
+    def refused(self) -> list[ClientRefusal]:
+        """The settle lines the hub refused lately (see ``ClientStream.refused``)."""
+        return list(self.stream.refused)
 
     def get(self, timeout: float | None = None) -> BlockingMail | None:
         """

@@ -6,7 +6,9 @@ The hub answers a request it could not carry out with ``{"error": message, "v": 
 "code": code}`` (a ``{"type": "error", "reason", "code"}`` frame on WebSocket). The ``code``
 says which library exception the hub raised, so a client catches the same classes as code
 that drives a channel in-process: ``UnknownListenerError``, ``MailboxFullError``,
-``RemoteActionError``, ``RequestTimeoutError``... The message is the hub's own.
+``RemoteActionError``, ``RequestTimeoutError``... The message is the hub's own, and the
+hub's ``code`` is kept as the exception's ``code`` attribute (``"unknown_listener"``...),
+whatever its class.
 """
 
 from __future__ import annotations
@@ -84,7 +86,17 @@ def error_from_answer(answer: Mapping[str, Any], request: Mapping[str, Any]) -> 
     The exception for the error ``answer`` (canonical keys) to ``request`` (the canonical
     request the client sent): the library class its ``code`` names, with the request's
     channel, listener, group... as its attributes; :class:`HubRequestError` otherwise.
+    Whatever its class, its ``code`` attribute is the hub's code (``"bad_request"`` if
+    the answer had none), so a caller can report it (the ``client`` command does).
     """
+    error = _exception_for(answer, request)
+    if not isinstance(getattr(error, "code", None), str):
+        code = answer.get("code")
+        error.code = code if isinstance(code, str) else "bad_request"  # type: ignore[attr-defined]
+    return error
+
+
+def _exception_for(answer: Mapping[str, Any], request: Mapping[str, Any]) -> BaseException:
     message = str(answer.get("error") or "the hub refused the request")
     code = answer.get("code")
     code = code if isinstance(code, str) else "bad_request"

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred
 
 from ._client_errors import HubConnectionError, HubRequestError
-from .channels.message import encode_json
+from .channels.message import MAX_DEPTH, encode_json
+from .errors import InvalidDataError
 
 __all__ = ["Feed", "Limits", "Link", "ProtocolViolation", "Sink", "encode_line"]
 
@@ -66,9 +67,16 @@ def encode_line(request: dict[str, Any], limits: Limits) -> str:
     """
     ``request`` as compact JSON, checked before anything is sent: raises
     :class:`~twisted_event_dispatcher.errors.InvalidDataError` for data that has no JSON
-    form, and :class:`HubRequestError` (``"too_large"``) past ``limits.max_request``.
+    form or nests deeper than ``MAX_DEPTH`` (64) levels (the request around it is one
+    more, as the hub allows), and :class:`HubRequestError` (``"too_large"``) past
+    ``limits.max_request``.
     """
-    text = encode_json(request)
+    try:
+        text = encode_json(request, MAX_DEPTH + 1)
+    except InvalidDataError as e:
+        if "deeper than" not in str(e):
+            raise
+        raise InvalidDataError(f"data must not nest deeper than {MAX_DEPTH} levels") from None
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     # The ref the link adds is at most ~30 bytes; leave room for it.
     if size + 32 > limits.max_request:

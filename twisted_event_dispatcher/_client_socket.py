@@ -156,7 +156,10 @@ class ControlConnection(LineOnlyReceiver):
             answer.errback(error)
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.lost(error)
+            # A stream's connection: no call of it was awaiting an answer.
+            sink.lost(self._reason or HubConnectionError(
+                f"the connection to the hub at {self.where} was lost"
+            ))
         closed, self._closed = self._closed, []
         for waiting in closed:
             waiting.callback(None)
@@ -204,6 +207,13 @@ class SocketLink:
         self._closed = False
 
     def connect(self) -> Deferred[ControlConnection]:
+        """
+        The connection for one-shot calls, opened now if there is none (``HubClient.connect``
+        checks the hub is there with it; the first call then uses it).
+        """
+        return self._connection()
+
+    def _new_connection(self) -> Deferred[ControlConnection]:
         """A new connection (it is closed with the link)."""
         if self._closed:
             return fail(HubConnectionError("the client is closed"))
@@ -249,7 +259,7 @@ class SocketLink:
                 else:
                     d.callback(result)
 
-        self.connect().addBoth(done)
+        self._new_connection().addBoth(done)
         return waiting
 
     def call(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -263,7 +273,7 @@ class SocketLink:
         text = encode_line(request, self.limits)
 
         async def opening() -> Feed:
-            connection = await self.connect()
+            connection = await self._new_connection()
             connection.sink = sink
             try:
                 answer = await connection.call(text, request)

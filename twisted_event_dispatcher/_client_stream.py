@@ -17,6 +17,10 @@ lost, with an exponential backoff (0.1 s doubling up to ``max_retry_delay``), an
 A stream or watch ends for good when it is closed, when the hub ends it (the listener was
 removed, another stream replaced this one, the channel was removed) or when reopening it
 is refused (an unknown listener...): iteration then stops, or raises that error.
+
+While the hub is away the log stays short: the loss (or the first failed attempt) is
+logged as a warning, then at most one line every :data:`RETRY_LOG_INTERVAL` seconds with
+the count of failed attempts, and one line (info) once it is open again.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ from .errors import ChannelUnavailableError
 if TYPE_CHECKING:
     from ._client_link import Link
 
-__all__ = ["ClientEvent", "ClientMail", "ClientNotice", "ClientStream", "ClientWatch", "Retry"]
+__all__ = [
+    "ClientEvent", "ClientMail", "ClientNotice", "ClientRefusal", "ClientStream", "ClientWatch",
+    "Retry",
+]
 
 _log = Logger(namespace="twisted_event_dispatcher.client")
 _T = TypeVar("_T")
@@ -56,6 +63,16 @@ MAX_DELIVERIES = 5
 #: that is refused (the channel is gone: ``UnknownChannelError``) ends the stream with
 #: that error.
 FINAL_ENDS = frozenset({"removed", "replaced"})
+#: While reconnecting, at most one log line per this many seconds after the first.
+RETRY_LOG_INTERVAL = 60.0
+#: Refusals of settle lines a stream keeps in :attr:`ClientStream.refused` (the latest).
+MAX_REFUSALS = 100
+#: Settled mail ids a stream remembers, to say what a refusal refused (ack, release...).
+_RECENT_SETTLED = 1000
+
+
+def _channel_name(channel: str | None) -> str:
+    return "the hub's default channel" if channel is None else f"channel {channel!r}"
 
 
 @dataclass(frozen=True)
@@ -124,11 +141,15 @@ class ClientMail:
 
     Settle it once: :meth:`ack`, :meth:`reply` (a request), :meth:`fail` (a request) or
     :meth:`release` (give it back for redelivery). Each fires True once its line was
-    written on the connection that delivered the mail (the hub does not confirm it: if
-    that connection breaks before the hub read the line, the mail comes again: at least
-    once), False when nothing was sent: the mail was settled already, the stream
-    auto-acknowledges (ack, release of a mail that is not a request), or that connection
-    is gone (the hub delivers the mail again on the next one).
+    *sent* on the connection that delivered the mail, False when nothing was sent: the
+    mail was settled already, the stream auto-acknowledges (ack, release of a mail that
+    is not a request), or that connection is gone (the hub delivers the mail again on
+    the next one). True is no confirmation: if the connection breaks before the hub read
+    the line, the mail comes again (at least once); and the hub may refuse the line
+    (``unknown_mail``: a group mail whose ``ack_timeout`` passed or whose listener was
+    stopped went back to its group meanwhile). A refusal comes later, on the stream: it
+    is logged as a warning naming the mail and the hub's message, and kept in
+    :attr:`ClientStream.refused` as a :class:`ClientRefusal`.
 
     :ivar id: the mailbox id the hub acknowledges it by.
     :ivar event: the message type; :ivar data: its JSON payload.
@@ -159,8 +180,10 @@ class ClientMail:
 
     def ack(self) -> Deferred[bool]:
         """
-        Acknowledge: the hub removes it for good. With auto-ack it was acknowledged when
-        the hub wrote it, except a request, which waits for its :meth:`reply`.
+        Send its acknowledgement: the hub removes it for good when it takes it (see the
+        class docstring: True means sent, not confirmed). With auto-ack it was
+        acknowledged when the hub wrote it, except a request, which waits for its
+        :meth:`reply`.
         """
         if self._stream.auto_ack and not self.is_request:
             return succeed(False)
@@ -198,6 +221,7 @@ class ClientMail:
         if not self._feed.send(line):
             return succeed(False)
         self.settled = how
+        self._stream._settled(self.id, how)
         return succeed(True)
 
     def __repr__(self) -> str:
@@ -205,6 +229,26 @@ class ClientMail:
             f"<ClientMail {self.channel}/{self.listener}#{self.id} {self.event!r} "
             f"source={self.source} deliveries={self.deliveries}>"
         )
+
+
+@dataclass(frozen=True)
+class ClientRefusal:
+    """
+    A settle line of a stream that the hub refused: nothing was done for that mail.
+
+    :ivar id: the mail's id (None if the hub's answer did not say which).
+    :ivar how: what was refused: ``"ack"``, ``"reply"``, ``"fail"`` or ``"release"``
+        (None if not known).
+    :ivar code: the hub's error code, e.g. ``"unknown_mail"`` (not in flight on this
+        stream any more: its ack deadline passed or its listener was stopped, and it went
+        back for redelivery).
+    :ivar message: the hub's message.
+    """
+
+    id: str | None
+    how: str | None
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -260,6 +304,10 @@ class _Resuming:
         self.answer: dict[str, Any] | None = None
         #: How many times the connection was opened again after a loss.
         self.reconnects = 0
+        # The current outage: failed attempts, when it began and was last logged.
+        self._failures = 0
+        self._outage_since: float | None = None
+        self._outage_logged = 0.0
 
     # -- what subclasses provide ----------------------------------------------------------
 
@@ -334,6 +382,15 @@ class _Resuming:
         if self.ended:
             feed.close()
             return
+        if self._outage_since is not None:
+            _log.info(
+                "{what} {name}: {again} after {failures} failed attempt(s) in {elapsed:.1f} s",
+                what=self.what, name=self._name(), failures=self._failures,
+                again="reconnected" if self.answer is not None else "open",
+                elapsed=self._clock.seconds() - self._outage_since,
+            )
+            self._outage_since = None
+        self._failures = 0
         if self.answer is not None:
             self.reconnects += 1
         self._feed = feed
@@ -352,20 +409,45 @@ class _Resuming:
             failure.check(HubConnectionError, ChannelUnavailableError) is not None
             and failure.check(ProtocolViolation) is None
         )
-        if transient and self._retry_later(failure.getErrorMessage()):
-            return
+        if transient:
+            self._failures += 1
+            if self._retry_later(failure.getErrorMessage()):
+                return
         self._finish(failure)
 
-    def _retry_later(self, why: str) -> bool:
+    def _retry_later(self, why: str, then: str = "") -> bool:
         attempts = self._retry.attempts
         if attempts is not None and self._attempt >= attempts:
             return False
         delay = self._retry.delay(self._attempt)
         self._attempt += 1
-        _log.warn("{what} {name}: {why}; reconnecting in {delay:.1f} s", what=self.what,
-                  name=self._name(), why=why, delay=delay)
+        self._log_retry(why, then, delay)
         self._retry_call = self._clock.callLater(delay, self._open)
         return True
+
+    def _log_retry(self, why: str, then: str, delay: float) -> None:
+        """
+        Log the first failure of an outage, then at most one line every
+        :data:`RETRY_LOG_INTERVAL` seconds (a hub down for an hour: 61 lines, not 720).
+        """
+        now = self._clock.seconds()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            _log.warn("{what} {name}: {why}; reconnecting in {delay:.1f} s{then}",
+                      what=self.what, name=self._name(), why=why, delay=delay,
+                      then=f"; {then}" if then else "")
+        elif now - self._outage_logged >= RETRY_LOG_INTERVAL:
+            self._outage_logged = now
+            _log.warn(
+                "{what} {name}: still reconnecting: {failures} failed attempt(s) in "
+                "{elapsed:.0f} s (the last: {why}); next in {delay:.1f} s",
+                what=self.what, name=self._name(), failures=self._failures, why=why,
+                elapsed=now - self._outage_since, delay=delay,
+            )
+
+    def _after_loss(self) -> str:
+        """What a reconnect after a loss brings back (said in the log line)."""
+        return ""
 
     def _name(self) -> str:
         return repr(self._request().get("c"))
@@ -381,14 +463,21 @@ class _Resuming:
         if reason in FINAL_ENDS:
             self._finish(reason)
         else:
-            self.lost(HubConnectionError(f"the hub ended the {self.what}: {reason}"))
+            why = f"the hub ended the {self.what} ({reason})"
+            self._lost(HubConnectionError(why), why)
 
     def lost(self, error: HubConnectionError) -> None:
+        self._lost(error, f"the {self.what}'s connection was lost")
+
+    def _lost(self, error: HubConnectionError, why: str) -> None:
+        # (No request is pending on a stream: nothing "may or may not have been done".)
         if self.ended or self._opening or self._feed is None:
             return
         self._feed = None
         self._on_lost()
-        if isinstance(error, ProtocolViolation) or not self._retry_later(str(error)):
+        if isinstance(error, ProtocolViolation) or not self._retry_later(
+            why, self._after_loss()
+        ):
             self._finish(Failure(error))
 
     def problem(self, answer: dict[str, Any]) -> None:
@@ -451,6 +540,11 @@ class ClientStream(_Resuming):
     is lost if the connection breaks after that), and the client stops reading once
     ``max_in_flight`` mails wait for the consumer (on WebSocket that pauses the whole
     connection: consume promptly).
+
+    :ivar refused: the latest :data:`MAX_REFUSALS` settle lines the hub refused, as
+        :class:`ClientRefusal` (oldest first); each is also logged as a warning. Settling
+        a mail fires True when its line is sent: look here (or in the log) to learn that
+        the hub did not take it.
     """
 
     what = "stream"
@@ -476,6 +570,8 @@ class ClientStream(_Resuming):
         self._callback: Callable[[ClientMail], object] | None = None
         self._running = 0
         self._paused = False
+        self.refused: deque[ClientRefusal] = deque(maxlen=MAX_REFUSALS)
+        self._recent: dict[str, str] = {}
         self._open()
 
     def _request(self) -> dict[str, Any]:
@@ -487,11 +583,45 @@ class ClientStream(_Resuming):
         return request
 
     def _name(self) -> str:
-        return f"{self.listener_id!r} on channel {self.channel!r}"
+        return f"{self.listener_id!r} on {_channel_name(self.channel)}"
 
     def _on_open(self, answer: dict[str, Any]) -> None:
         self._paused = False
         self._flow()
+
+    def _after_loss(self) -> str:
+        return "unacknowledged mail will be delivered again"
+
+    def _settled(self, mail_id: str, how: str) -> None:
+        """A settle line was sent: remember how, to name it if the hub refuses it."""
+        recent = self._recent
+        recent.pop(mail_id, None)
+        recent[mail_id] = how
+        if len(recent) > _RECENT_SETTLED:
+            del recent[next(iter(recent))]
+
+    def problem(self, answer: dict[str, Any]) -> None:
+        """
+        The hub refused a line of this stream: only settle lines are sent on it, so a
+        settle line (the hub names its mail by ``"id"``). Logged, kept in :attr:`refused`.
+        """
+        mail_id = answer.get("id")
+        mail_id = mail_id if isinstance(mail_id, str) else None
+        how = self._recent.pop(mail_id, None) if mail_id is not None else None
+        if how is None and answer.get("v") in ("ack", "release"):
+            how = answer["v"]
+        code, message = answer.get("code"), answer.get("error")
+        refusal = ClientRefusal(
+            mail_id, how, code if isinstance(code, str) else "bad_request",
+            message if isinstance(message, str) else "refused",
+        )
+        self.refused.append(refusal)
+        _log.warn(
+            "stream {name}: the hub refused the {how} of mail {id}: {message} ({code})",
+            name=self._name(), how=how or "ack or release",
+            id=repr(mail_id) if mail_id is not None else "(not named by the hub)",
+            message=refusal.message, code=refusal.code,
+        )
 
     def _on_lost(self) -> None:
         if not self.auto_ack:
@@ -673,7 +803,10 @@ class ClientWatch(_Resuming):
         return request
 
     def _name(self) -> str:
-        return f"of channel {self.channel!r}"
+        return f"of {_channel_name(self.channel)}"
+
+    def _after_loss(self) -> str:
+        return "it resumes after the last event it received"
 
     def _on_open(self, answer: dict[str, Any]) -> None:
         last_id = answer.get("last_id")

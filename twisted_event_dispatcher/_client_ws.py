@@ -4,6 +4,8 @@ every call, listen and watch, multiplexed. Requests are the hub's typed frames (
 names, ``"ref"`` to match each answer); mail frames are routed to their listen by channel
 and listener, event and gap frames to their watch by channel. A ``dropped`` frame names no
 channel: every watch of the connection gets it (each may have missed something).
+Ack and release frames carry a string ``ref`` (``"s1"``, ...; calls use integers) so
+that the hub's refusal of one is handed to its stream, naming the mail.
 
 Losing the connection fails the calls awaiting an answer with :class:`HubConnectionError`
 and tells every listen and watch (they reconnect, sharing one new connection).
@@ -132,6 +134,7 @@ class _WSFeed:
         if self.channel is not None:
             frame["channel"] = self.channel
         frame["listener"] = self.listener
+        frame["ref"] = self.link._settling_ref(self, frame)
         self.link._send(self.protocol, frame)
         return True
 
@@ -196,6 +199,9 @@ class WebSocketLink:
         self._paused: set[_WSFeed] = set()
         self._reasons: dict[_WSProtocol, HubConnectionError] = {}
         self._closing: list[Deferred[None]] = []
+        #: Ack/release frames awaiting the hub's answer, by their (string) ref.
+        self._settling: dict[str, tuple[_WSFeed, dict[str, Any]]] = {}
+        self._next_settling = 0
         self._closed = False
 
     # -- connecting ------------------------------------------------------------------------
@@ -266,8 +272,9 @@ class WebSocketLink:
             return
         self._protocol = None
         self._paused.clear()
+        told = error  # a reason known before: streams are told that one
+        why = f" ({code}: {reason})" if code not in (None, 1000) else ""
         if error is None:
-            why = f" ({code}: {reason})" if code not in (None, 1000) else ""
             if code == 1009 or getattr(protocol, "wasMaxMessagePayloadSizeExceeded", False) or (
                 getattr(protocol, "wasMaxFramePayloadSizeExceeded", False)
             ):
@@ -282,6 +289,10 @@ class WebSocketLink:
         pending, self._pending = self._pending, {}
         for _, answer in pending.values():
             answer.errback(error)
+        self._settling.clear()
+        if told is None and type(error) is HubConnectionError:
+            # What streams are told: no call of theirs was awaiting an answer.
+            error = HubConnectionError(f"the connection to the hub at {self.url} was lost{why}")
         feeds = [*self._listens.values(), *self._watches.values()]
         self._listens.clear()
         self._watches.clear()
@@ -327,6 +338,22 @@ class WebSocketLink:
         d: Deferred[dict[str, Any]] = Deferred(cancel)
         self._pending[ref] = (request, d)  # (its answer is read in a later reactor turn)
         return d
+
+    def _settling_ref(self, feed: _WSFeed, frame: dict[str, Any]) -> str:
+        """A ref for an ack/release ``frame`` of ``feed``: its answer is matched by it."""
+        self._next_settling += 1
+        ref = f"s{self._next_settling}"
+        self._settling[ref] = (feed, frame)
+        return ref
+
+    def _settled(self, kind: object, ref: str, frame: dict[str, Any]) -> None:
+        """The hub's answer to an ack/release: a refusal goes to its stream."""
+        feed, sent = self._settling.pop(ref)
+        if kind != "error" or feed.closed:
+            return
+        answer = from_frame(frame)
+        answer["id"] = sent.get("id")
+        feed.sink.problem(answer)
 
     def call(self, request: dict[str, Any]) -> Deferred[dict[str, Any]]:
         frame = to_frame(request)
@@ -403,7 +430,9 @@ class WebSocketLink:
         kind = frame.get("type")
         ref = frame.get("ref")
         if kind in ("result", "error") and ref is not None:
-            if type(ref) is int and ref in self._pending:
+            if isinstance(ref, str) and ref in self._settling:
+                self._settled(kind, ref, frame)
+            elif type(ref) is int and ref in self._pending:
                 request, d = self._pending.pop(ref)
                 if kind == "error":
                     d.errback(error_from_answer(from_frame(frame), request))

@@ -23,10 +23,17 @@ socket or its WebSocket; the URL decides::
 Failures are the library's exceptions, mapped from the hub's error ``code``
 (``UnknownListenerError``, ``MailboxFullError``, ``RemoteActionError``,
 ``RequestTimeoutError``, ``UnknownChannelError``...; :class:`HubRequestError` for a
-malformed or refused request). A call whose connection is lost before its answer fails
-with :class:`HubConnectionError` and is never sent again by the client: it may or may not
-have been carried out. Streams and watches reconnect by themselves (see
-:class:`ClientStream`, :class:`ClientWatch`).
+malformed or refused request); each carries the hub's error ``code`` as its ``code``
+attribute. A call whose connection is lost before its answer fails with
+:class:`HubConnectionError` and is never sent again by the client: it may or may not have
+been carried out. The connection is not needed again until the next call: that call opens
+a new one (after a hub restart, calls work again as soon as the hub is back; while it is
+down each fails at once with :class:`HubConnectionError`, "cannot connect"). Streams and
+watches reconnect by themselves (see :class:`ClientStream`, :class:`ClientWatch`).
+
+Settling a mail (``ack()``...) fires True once its line is sent, which is no confirmation:
+the hub answers nothing when it takes it, and a refusal (``unknown_mail``) comes later on
+the stream: logged as a warning and kept in :attr:`ClientStream.refused`.
 
 :class:`BlockingHubClient` offers the same calls to threaded code, through crochet.
 """
@@ -45,6 +52,7 @@ from ._client_stream import (
     ClientEvent,
     ClientMail,
     ClientNotice,
+    ClientRefusal,
     ClientStream,
     ClientWatch,
     Retry,
@@ -60,6 +68,7 @@ __all__ = [
     "ClientEvent",
     "ClientMail",
     "ClientNotice",
+    "ClientRefusal",
     "ClientStream",
     "ClientWatch",
     "HubClient",
@@ -73,6 +82,11 @@ class HubClient:
     A connection to an event hub's control plane (see the module docstring). Make one
     with :meth:`connect`. Every ``channel`` argument may be None: the hub's default
     channel.
+
+    One-shot calls share one connection (the control socket) or the WebSocket. When it
+    is lost (the hub restarted, the network broke) the calls awaiting their answer fail
+    with :class:`HubConnectionError` and are not sent again; the next call connects anew,
+    so a long-lived client outlives a hub restart without being made again.
     """
 
     def __init__(self, link: Link, url: str, clock: IReactorTime, retry: Retry) -> None:
