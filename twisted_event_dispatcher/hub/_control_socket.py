@@ -59,10 +59,6 @@ connection is closed.
 
 from __future__ import annotations
 
-import json
-import math
-import select
-import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -82,12 +78,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..carriers._requests import clip
-from ..carriers.base import DROP_OLDEST, QueueingCarrier
-from ..channels.base import Gap
-from ..channels.message import MAX_DEPTH, Message, encode_json, nested_deeper_than
-from ._channels import REMOVED
+from ..carriers.base import DROP_OLDEST
 from ._control import ControlError, ControlPlane, ListenSession, error_answer, ref_of
+from ._control_lines import WatchCarrier, encode_line, parse_line, peer_closed
 from ._limits import WARN_EVERY
 from .options import is_loopback
 
@@ -99,137 +92,6 @@ _log = Logger(namespace="twisted_event_dispatcher.hub")
 MAX_PENDING = 1000
 #: The reason a stream ends with when the hub stops.
 STOPPING = "stopping"
-
-
-class _Malformed(ValueError):
-    """A line that is no JSON object."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
-
-#: How deeply a line may nest: its object, and data of up to MAX_DEPTH levels in it.
-MAX_LINE_DEPTH = MAX_DEPTH + 1
-_TOO_DEEP = f"a line must not nest its data deeper than {MAX_DEPTH} levels"
-
-
-def parse_line(line: bytes) -> dict[str, Any]:
-    """A line as a JSON object, or :class:`ControlError` (``bad_request``) saying why not."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ControlError("bad_request", f"a line must be valid UTF-8 (byte {e.start})") from None
-    if not text.strip():
-        raise ControlError("bad_request", "empty line: send one JSON object per line")
-    # The line's object is one level: its data may nest MAX_DEPTH levels below it (the
-    # plane checks the data itself).
-    if nested_deeper_than(text, MAX_LINE_DEPTH):
-        raise ControlError("bad_request", _TOO_DEEP)
-    try:
-        value = _decoder.decode(text)
-    except RecursionError:
-        raise ControlError("bad_request", _TOO_DEEP) from None
-    except ValueError as e:
-        raise ControlError("bad_request", f"malformed JSON: {clip(str(e))}") from None
-    if not isinstance(value, dict):
-        raise ControlError(
-            "bad_request", f"a line must be a JSON object, got {type(value).__name__}"
-        )
-    return value
-
-
-def _line(value: dict[str, Any]) -> bytes:
-    # Data (a payload, a reply) was checked at MAX_DEPTH; the line adds one level.
-    return encode_json(value, MAX_LINE_DEPTH).encode("utf-8") + b"\n"
-
-
-class WatchCarrier(QueueingCarrier):
-    """A watching control connection: each line is what a WebSocket frame would carry."""
-
-    def __init__(self, protocol: ControlProtocol, max_queue: int, overflow: str) -> None:
-        super().__init__(max_queue, overflow)
-        self.protocol = protocol
-        transport: Any = protocol.transport
-        self._transport = transport
-        self._close_when_flushed = False
-
-    def _write_message(self, message: Message) -> None:
-        self._transport.write(message.encoded(WatchCarrier, _message_line))
-
-    def _write_control(self, frame: Any) -> None:
-        self._transport.write(frame)
-
-    def _gap_frame(self, channel: str, event: str, gap: Gap) -> bytes:
-        return _line({
-            "type": "gap", "channel": channel, "event": event, "since": gap.since,
-            "epoch": gap.epoch, "oldest": gap.oldest, "reason": gap.reason,
-        })
-
-    def notify_gap(self, channel: str, event: str, gap: Gap) -> None:
-        super().notify_gap(channel, event, gap)
-        if gap.reason == REMOVED:  # the channel is gone: nothing follows
-            self._close_when_flushed = True
-            self._maybe_close()
-
-    def _write_dropped(self, count: int) -> None:
-        self._write_control(_line({"type": "dropped", "count": count}))
-
-    def _overflowed(self) -> None:
-        _log.info(
-            "closing control connection {peer}: not reading, {n} lines queued ({policy})",
-            peer=self.protocol.peer, n=self.max_queue, policy=self.overflow,
-        )
-        self._transport.abortConnection()
-        self.connection_lost()
-
-    def pauseProducing(self) -> None:
-        super().pauseProducing()
-        self.protocol.pause_reading("writes")
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        if not self.closed:
-            self.protocol.resume_reading("writes")
-        self._maybe_close()
-
-    def _maybe_close(self) -> None:
-        if self._close_when_flushed and not self.queued and not self.closed:
-            self.connection_lost()
-            self._transport.loseConnection()
-
-
-def _message_line(message: Message) -> bytes:
-    return message.json.encode("utf-8") + b"\n"
-
-
-def _peer_closed(transport: Any) -> bool | None:
-    """
-    Whether the client closed its UNIX socket (not only its writing side): ``poll()``
-    reports ``POLLHUP`` only once both directions are shut. None when it cannot be told
-    (TCP: a close and a half-close look the same until a write fails).
-    """
-    get_handle = getattr(transport, "getHandle", None)
-    handle = get_handle() if get_handle is not None else None
-    if not isinstance(handle, socket.socket) or not hasattr(select, "poll"):
-        return None
-    try:
-        if handle.family != socket.AF_UNIX:
-            return None
-        poller = select.poll()
-        poller.register(handle.fileno(), 0)  # (POLLHUP is always reported)
-        return any(events & select.POLLHUP for _, events in poller.poll(0))
-    except (OSError, ValueError):  # (the socket is closed already)
-        return True
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -288,7 +150,7 @@ class ControlProtocol(Protocol):
         self._read_eof = True
         if self._gone or self._mode == "ended":
             return
-        if _peer_closed(self.transport):
+        if peer_closed(self.transport):
             # Gone: end now, not when the transport's connectionLost comes (a reactor
             # turn later), so no mail is written (and auto-acknowledged) meanwhile.
             self._buffer = b""
@@ -314,7 +176,7 @@ class ControlProtocol(Protocol):
             transport.loseConnection()  # (after what is written is flushed)
         elif self._mode == "listen" and not self._read_only and self.session is not None:
             self._read_only = True
-            if _peer_closed(transport) is None:  # TCP: it may be gone (module doc)
+            if peer_closed(transport) is None:  # TCP: it may be gone (module doc)
                 self._mode = "ended"
                 session, self.session = self.session, None  # (detached now: see above)
                 session.close().addErrback(self._bug, "closing a listen stream")
@@ -385,7 +247,7 @@ class ControlProtocol(Protocol):
         if self._write_paused or self._gone:
             return False
         # a read-only stream: no acknowledgement of mail written to a closed socket
-        return not (self._read_only and _peer_closed(self.transport))
+        return not (self._read_only and peer_closed(self.transport))
 
     def mail_line(self, mail: dict[str, Any]) -> None:
         self._write(mail)
@@ -544,7 +406,7 @@ class ControlProtocol(Protocol):
     def _write(self, value: dict[str, Any]) -> None:
         if self._gone:
             return
-        line = _line(value)
+        line = encode_line(value)
         if self.carrier is not None:
             self.carrier.send_control(line)
         else:
@@ -632,7 +494,7 @@ class _Refused(Protocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        transport.write(_line({
+        transport.write(encode_line({
             "error": f"too many control connections (at most {self.limit}); try again later",
             "v": None, "code": "limit",
         }))
