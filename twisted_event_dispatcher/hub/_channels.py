@@ -50,7 +50,8 @@ class HubChannels:
         self.registry = registry
         self.default = default
         self.max_channels = max_channels
-        self._make = make
+        #: Builds a channel of the hub's backend, not registered nor connected (``make(name)``).
+        self.make = make
         self._creating: set[str] = set()
         #: Called with a channel's name once it is removed (carriers forget it).
         self.removed_callbacks: list[Callable[[str], object]] = []
@@ -94,7 +95,7 @@ class HubChannels:
             raise ChannelExistsError(name)
         if len(self.registry) + len(self._creating) >= self.max_channels:
             raise ChannelLimitError(self.max_channels)
-        channel = self._make(name)
+        channel = self.make(name)
         self._creating.add(name)
         try:
             connect = getattr(channel, "connect", None)

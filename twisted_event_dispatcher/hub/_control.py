@@ -320,7 +320,7 @@ class ControlPlane:
         if channel.name in registry:  # (made again meanwhile: the same keys)
             await registry[channel.name].remove_listener(listener_id)
             return
-        connected: Any = self.hub.hub_channels._make(channel.name)
+        connected: Any = self.hub.hub_channels.make(channel.name)
         await connected.connect()
         try:
             await connected.remove_listener(listener_id)
