@@ -124,6 +124,35 @@ def test_str_and_int_senders_match_by_value_objects_by_identity() -> None:
     assert by_model.calls == [(model, {})]
 
 
+def test_the_sender_may_be_given_as_a_keyword() -> None:
+    class App:
+        pass
+
+    sig = Signal()
+    recorder = Recorder("reached")
+    sig.connect(recorder, sender=App)
+    with captured_failures() as logged:
+        keyword = success_result_of(sig.send(sender=App, instance="x"))
+        positional = success_result_of(sig.send(App, instance="x"))
+    assert keyword == positional == [(recorder, "reached")]  # results, not Failures
+    assert recorder.calls == [(App, {"instance": "x"})] * 2
+    assert logged == []
+    recorder.calls.clear()
+    send(sig, instance="y")  # no sender at all: None, as before
+    assert recorder.calls == []
+
+
+def test_the_sender_given_both_ways_is_refused_at_once() -> None:
+    sig = Signal()
+    recorder = Recorder()
+    sig.connect(recorder)
+    with pytest.raises(TypeError, match="sender both positionally and as sender="):
+        sig.send("app", sender="app")
+    with pytest.raises(TypeError, match="both"):
+        sig.send(None, sender="app")
+    assert recorder.calls == []
+
+
 def test_any_receivers_get_every_sender() -> None:
     sig = Signal()
     everything, only_a = Recorder(), Recorder()
@@ -151,10 +180,10 @@ def test_connecting_twice_is_one_connection_and_methods_are_keyed_by_their_parts
     send(sig, "x")
     assert calls == ["x"]
     send(sig, model)
-    assert calls == ["x", model, model], "connected for ANY and for the model"
+    assert calls == ["x", model], "connected for ANY and for the model: called once"
     sig.disconnect(listener.on_signal)
     send(sig, model)
-    assert calls == ["x", model, model]
+    assert calls == ["x", model]
     assert sig.receivers == ()
 
 
@@ -193,6 +222,20 @@ def test_connected_to_and_muted() -> None:
         send(sig, "s")
     send(sig, "s")
     assert len(recorder.calls) == 2
+
+
+def test_temporarily_connected_to_is_blinkers_alias_of_connected_to() -> None:
+    sig = Signal()
+    recorder = Recorder("r")
+    with sig.temporarily_connected_to(recorder, sender="a") as inside:
+        assert inside is recorder
+        assert send(sig, "a") == [(recorder, "r")]
+        assert send(sig, "b") == []
+    assert send(sig, "a") == [] and sig.receivers == ()
+    with pytest.raises(KeyError):
+        with sig.temporarily_connected_to(recorder):
+            raise KeyError("boom")
+    assert sig.receivers == ()
 
 
 def test_connected_to_disconnects_when_the_block_raises() -> None:
@@ -241,6 +284,21 @@ def test_receiver_connected_and_disconnected_signals() -> None:
     assert disconnected == [(sig, {"receiver": receiver, "sender": "x"})]
 
 
+def test_connecting_to_receiver_connected_is_not_reported_by_it() -> None:
+    announced: list[dict[str, Any]] = []
+
+    def on_connect(signal: object, **kw: Any) -> None:
+        announced.append(kw)
+
+    other = Recorder()
+    with receiver_connected.connected_to(on_connect):
+        receiver_connected.connect(other)  # a connection to the meta-signal itself
+        receiver_connected.disconnect(other)
+        sig = Signal()
+        sig.connect(other)  # connections elsewhere are still reported
+    assert announced == [{"receiver": other, "sender": ANY, "weak": False}]
+
+
 # -- references ----------------------------------------------------------------------------
 
 
@@ -255,6 +313,40 @@ def test_strong_by_default_weak_opt_in() -> None:
     gc.collect()
     assert [r for _, r in send(sig)] == ["kept"]
     assert len(sig.receivers) == 1
+
+
+def test_a_receiver_for_a_sender_and_for_any_runs_once_per_send() -> None:
+    sig = Signal()
+    model = Model()
+    first, both, last = Recorder(1), Recorder(2), Recorder(3)
+    sig.connect(first)
+    sig.connect(both, sender=model, weak=True)
+    sig.connect(last, sender=model)
+    sig.connect(both, weak=True)  # the same receiver, now also for ANY
+    assert [r for _, r in send(sig, model)] == [1, 2, 3]  # once, at its first connection
+    assert [r for _, r in send(sig, "other")] == [1, 2]
+    assert list(sig.receivers_for(model)) == [first, both, last]
+    assert len(both.calls) == 2
+    sig.disconnect(both, sender=model)  # ANY only: no longer doubled
+    assert sig._doubled == 0
+    assert [r for _, r in send(sig, model)] == [1, 3, 2]
+
+
+def test_has_receivers_for_is_false_once_weak_receivers_are_collected() -> None:
+    sig = Signal()
+    model = Model()
+    both, one = Recorder(), Recorder()
+    sig.connect(both, sender=model, weak=True)
+    sig.connect(both, weak=True)
+    sig.connect(one, sender="s", weak=True)
+    assert sig.has_receivers_for(model) and sig.has_receivers_for("s")
+    del both, one
+    gc.collect()
+    assert not sig.has_receivers_for(model)
+    assert not sig.has_receivers_for("s")
+    assert not sig.has_receivers_for(ANY)
+    assert sig.receivers == () and sig._doubled == 0
+    assert send(sig, model) == []
 
 
 def test_a_dead_sender_drops_its_receivers() -> None:

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from threading import get_ident
 from types import MethodType
 from typing import Any, ClassVar, Final, TypeVar
@@ -84,6 +84,9 @@ ANY: Final = _AnySender()
 
 _ANY_KEY: Final = ("ANY",)  # a key no sender can have: object senders get (id,) 1-tuples
 
+# send()'s default: tells "no sender given" (None) from an explicit positional sender.
+_NO_SENDER: Final[Any] = object()
+
 
 def _sender_key(sender: object) -> Hashable:
     """str and int senders match by value, other objects by identity (as in blinker)."""
@@ -97,6 +100,11 @@ def _sender_key(sender: object) -> Hashable:
             f"a sender must be hashable, got unhashable {type(sender).__name__}"
         ) from None
     return (id(sender),)
+
+
+def _is_doubled(connections: dict[Hashable, Registration]) -> bool:
+    """True if a receiver's connections (by sender key) include ANY and another sender."""
+    return len(connections) > 1 and _ANY_KEY in connections
 
 
 def _receiver_key(receiver: Callable[..., Any]) -> Hashable:
@@ -125,6 +133,9 @@ class Signal:
     _abort_indices: Final = frozenset[int]()
     _tracks_context = False
     _log_terms = ("receiver", "sender")
+    #: ``send(sender=...)`` names the sender; False for the meta-signals, whose receivers
+    #: get ``sender`` (the connect call's) as an ordinary keyword argument.
+    _sender_keyword = True
 
     def __init__(self, doc: str | None = None) -> None:
         if doc:
@@ -134,6 +145,8 @@ class Signal:
         self._by_sender: dict[Hashable, dict[int, Registration]] = {}
         self._keys: dict[int, tuple[Hashable, Hashable]] = {}
         self._sender_refs: dict[Hashable, object] = {}
+        # receivers connected for ANY and for some sender: sends must call them once
+        self._doubled = 0
         self._lock = threading.RLock()
         self._muted = 0
 
@@ -164,13 +177,17 @@ class Signal:
                 return receiver
             spec = {} if sender is ANY else {"sender": sender_key}
             registration = self._handlers.add(receiver, "send", 0, 0, spec, None, None, weak)
-            self._by_receiver.setdefault(receiver_key, {})[sender_key] = registration
+            connections = self._by_receiver.setdefault(receiver_key, {})
+            was_doubled = _is_doubled(connections)
+            connections[sender_key] = registration
+            self._doubled += _is_doubled(connections) - was_doubled
             self._keys[registration.id] = (receiver_key, sender_key)
             if sender is not ANY:
                 self._by_sender.setdefault(sender_key, {})[registration.id] = registration
                 if sender_key not in self._sender_refs and not isinstance(sender, str | int):
                     self._sender_refs[sender_key] = self._sender_ref(sender, sender_key)
-        self._notify(Signal.receiver_connected, receiver=receiver, sender=sender, weak=weak)
+        if self is not Signal.receiver_connected:  # as blinker: the meta-signal is silent
+            self._notify(Signal.receiver_connected, receiver=receiver, sender=sender, weak=weak)
         return receiver
 
     def connect_via(self, sender: object, weak: bool = False) -> Callable[[F], F]:
@@ -208,6 +225,15 @@ class Signal:
             yield receiver
         finally:
             self.disconnect(receiver, sender)
+
+    def temporarily_connected_to(
+        self, receiver: F, sender: object = ANY
+    ) -> AbstractContextManager[F]:
+        """
+        Alias of :meth:`connected_to`, under the name blinker used before deprecating it,
+        so that code written for blinker runs unchanged. New code uses ``connected_to``.
+        """
+        return self.connected_to(receiver, sender)
 
     @contextmanager
     def muted(self) -> Iterator[None]:
@@ -249,15 +275,25 @@ class Signal:
 
     # -- sending -------------------------------------------------------------------------
 
-    def send(self, sender: object = None, /, **kwargs: Any) -> Deferred[SendResult]:
+    def send(self, sender: object = _NO_SENDER, /, **kwargs: Any) -> Deferred[SendResult]:
         """
         Call every receiver connected for ``sender`` (or for ANY) as
-        ``receiver(sender, **kwargs)``, in connection order, without blocking.
+        ``receiver(sender, **kwargs)``, in connection order, without blocking. A receiver
+        connected both for ``sender`` and for ANY is called once.
 
-        :raises TypeError: ``sender`` is unhashable.
+        The sender may be given positionally, ``send(app, x=1)``, or as a keyword,
+        ``send(sender=app, x=1)`` (TBone/Django style); no sender at all means ``None``.
+
+        :raises TypeError: ``sender`` is unhashable, or given both ways.
         :return: Deferred firing with ``[(receiver, result), ...]`` once every receiver has
             settled; a failed receiver's result is its Failure.
         """
+        if "sender" in kwargs and self._sender_keyword:
+            if sender is not _NO_SENDER:
+                raise TypeError("send() got the sender both positionally and as sender=")
+            sender = kwargs.pop("sender")
+        elif sender is _NO_SENDER:
+            sender = None
         io_thread = _threadable.ioThread
         if io_thread is not None and io_thread != get_ident():
             return in_reactor(self.send, sender, **kwargs)
@@ -277,6 +313,8 @@ class Signal:
         entries = handlers.index.lookup(keywords)
         if not entries:
             return succeed([])
+        if self._doubled and len(entries) > 1:
+            entries = self._once_each(entries)
         # receiver(sender) and receiver(sender, **{}) are the same call; the first is faster
         outcome = run_phases(self, sender, keywords, entries, kwargs or None)
         if type(outcome) is not FireResult:
@@ -297,7 +335,26 @@ class Signal:
         if handlers._dead:
             with self._lock:
                 handlers.reap()
-        return handlers.index.lookup(keywords)
+        entries = handlers.index.lookup(keywords)
+        if self._doubled and len(entries) > 1:
+            entries = self._once_each(entries)
+        return entries
+
+    def _once_each(self, entries: Sequence[Registration]) -> list[Registration]:
+        """
+        ``entries`` with each receiver once, at its first (earliest connected) live
+        registration: a receiver connected for ANY and for the sender matches twice.
+        """
+        keys = self._keys
+        seen: set[Hashable] = set()
+        unique = []
+        for registration in entries:
+            key = keys.get(registration.id)
+            receiver_key = registration if key is None else key[0]
+            if registration.active and receiver_key not in seen:
+                seen.add(receiver_key)
+                unique.append(registration)
+        return unique
 
     @property
     def _clock(self) -> IReactorTime:  # signals set no timeouts; the PhaseHost protocol
@@ -315,7 +372,9 @@ class Signal:
         """Registry callback: drop the bookkeeping of a registration that left."""
         receiver_key, sender_key = self._keys.pop(registration.id)
         connections = self._by_receiver[receiver_key]
+        was_doubled = _is_doubled(connections)
         del connections[sender_key]
+        self._doubled -= was_doubled - _is_doubled(connections)
         if not connections:
             del self._by_receiver[receiver_key]
         if sender_key is not _ANY_KEY:
@@ -380,5 +439,7 @@ signal: Final = default_namespace.signal
 
 Signal.receiver_connected = Signal("Sent after a receiver is connected to any signal.")
 Signal.receiver_disconnected = Signal("Sent after a receiver is disconnected from any signal.")
+Signal.receiver_connected._sender_keyword = False
+Signal.receiver_disconnected._sender_keyword = False
 receiver_connected: Final = Signal.receiver_connected
 receiver_disconnected: Final = Signal.receiver_disconnected

@@ -122,7 +122,9 @@ from .base import DROP_OLDEST, QueueingCarrier, check_queue_options
 if TYPE_CHECKING:
     from ..hub._control import ControlPlane
 
-__all__ = ["EventWebSocketFactory", "EventWebSocketProtocol", "WebSocketCarrier"]
+__all__ = [
+    "LOOPBACK_ORIGINS", "EventWebSocketFactory", "EventWebSocketProtocol", "WebSocketCarrier",
+]
 
 _log = Logger(namespace="twisted_event_dispatcher.websocket")
 
@@ -144,6 +146,10 @@ READ_PAUSE_FRAMES = 64
 #: Seconds a client closed for overflow (1008) has to read up to the close frame and
 #: answer it before its connection is aborted.
 OVERFLOW_CLOSE_TIMEOUT = 10.0
+#: The origins a factory accepts by default, and the hub's unless told otherwise: pages
+#: served from this machine's loopback addresses (any port, plain http). Requests without
+#: an ``Origin`` header (non-browser clients) are accepted whatever the allowed origins.
+LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 #: Every request type, as the error for an unknown one lists them.
 REQUEST_TYPES = (
     "subscribe", "unsubscribe", "ping", *VERBS, "ack", "release", "unlisten", "unwatch",
@@ -344,6 +350,15 @@ class EventWebSocketProtocol(WebSocketServerProtocol):
         # Subscriptions whose answer is not in yet (a resume reading Redis): the client
         # may not unsubscribe them, nor add an overlapping one, until it is.
         self._resuming: set[tuple[str, str]] = set()
+
+    def failHandshake(
+        self, reason: str, code: int = 400, responseHeaders: Any = None
+    ) -> None:
+        # Autobahn answers a refused Origin 400; it is a refusal, not a malformed request:
+        # 403, as the hub answers it.
+        if code == 400 and reason.startswith("WebSocket connection denied: origin "):
+            code = 403
+        super().failHandshake(reason, code, responseHeaders)
 
     def onOpen(self) -> None:
         self.carrier = WebSocketCarrier(self, self.factory.max_queue, self.factory.overflow)
@@ -720,7 +735,14 @@ class EventWebSocketFactory(WebSocketServerFactory):
         means unknown) — the process-wide :data:`~twisted_event_dispatcher.channels.registry`
         by default.
     :param default_channel: the channel of requests that name none.
-    :param allowed_origins: Origin patterns accepted at the handshake (others get 403).
+    :param allowed_origins: browser origins accepted at the handshake (others get 403):
+        :data:`LOOPBACK_ORIGINS` by default, the hub's policy (pages served from
+        ``127.0.0.1``, ``localhost`` or ``[::1]``, any port), so a page of another site
+        cannot use a visitor's browser to connect. Name the origins of your pages
+        (``"https://app.example"``, ``"http://*.example:8080"``), or pass ``("*",)`` to
+        accept every origin (an explicit opt-in). A request without an ``Origin`` header
+        (a non-browser client) is accepted whatever this says: use ``authorize`` to
+        refuse those.
     :param max_subscriptions: subscriptions one connection may hold.
     :param max_queue: messages queued for a client that is not reading (answers to its
         requests may wait past it: see flow control above).
@@ -747,7 +769,7 @@ class EventWebSocketFactory(WebSocketServerFactory):
         *,
         channels: Any = None,
         default_channel: str = "events",
-        allowed_origins: Sequence[str] = ("*",),
+        allowed_origins: Sequence[str] = LOOPBACK_ORIGINS,
         max_subscriptions: int = 100,
         max_queue: int = 1000,
         overflow: str = DROP_OLDEST,

@@ -21,7 +21,7 @@ from twisted.web.server import Request, Site
 from .._rate import RateLimiter
 from ..carriers.base import DROP_OLDEST
 from ..carriers.sse import SSEResource
-from ..carriers.websocket import EventWebSocketFactory
+from ..carriers.websocket import LOOPBACK_ORIGINS, EventWebSocketFactory
 from ..channels import ChannelRegistry, MemoryChannel
 from ..channels._names import check_count, check_event_name
 from ..channels.base import Channel
@@ -48,10 +48,6 @@ from .resources import (
 __all__ = ["LOOPBACK_ORIGINS", "Hub", "HubService"]
 
 _log = Logger(namespace="twisted_event_dispatcher.hub")
-
-#: Origins the WebSocket endpoint accepts unless told otherwise: pages served from this
-#: machine (the demo page among them).
-LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 
 
 class Hub:
