@@ -61,7 +61,8 @@ class Gap(NamedTuple):
     #: The offset the client asked to resume after.
     since: int
     #: ``"epoch"``: offsets started over; ``"expired"``: the history no longer reaches
-    #: back that far; ``"unknown"``: the channel never had that offset.
+    #: back that far; ``"unknown"``: the channel never had that offset; ``"removed"``: the
+    #: hub removed the channel (the last notice: nothing follows).
     reason: str
     #: The channel's epoch now.
     epoch: str
