@@ -48,6 +48,16 @@ class Limits:
     max_request: int = 65536
     max_pending: int = 1000
 
+    def pending_refusal(self, pending: int, verb: object) -> HubRequestError | None:
+        """The error for one more call when ``pending`` await their answer, else None."""
+        if pending < self.max_pending:
+            return None
+        return HubRequestError(
+            f"{pending} calls are awaiting their answer on this connection "
+            f"(max_pending {self.max_pending}); wait for some first",
+            "limit", verb,
+        )
+
     def __post_init__(self) -> None:
         for name in ("max_line", "max_request", "max_pending"):
             value = getattr(self, name)

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from ._client_errors import HubConnectionError, HubRequestError, error_from_answer
+from ._client_errors import HubConnectionError, error_from_answer
 from ._client_link import Feed, Limits, ProtocolViolation, Sink, encode_line
 from .channels.message import encode_json
 
@@ -58,12 +58,9 @@ class ControlConnection(LineOnlyReceiver):
         """Send the encoded ``request`` with a ref; its answer fires the Deferred."""
         if not self.alive:
             return fail(self._lost_error())
-        if len(self._pending) >= self.limits.max_pending:
-            return fail(HubRequestError(
-                f"{len(self._pending)} calls are awaiting their answer on this connection "
-                f"(max_pending {self.limits.max_pending}); wait for some first",
-                "limit", request.get("v"),
-            ))
+        refused = self.limits.pending_refusal(len(self._pending), request.get("v"))
+        if refused is not None:
+            return fail(refused)
         ref = self._next_ref
         self._next_ref += 1
 

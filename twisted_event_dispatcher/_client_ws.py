@@ -319,12 +319,9 @@ class WebSocketLink:
     ) -> Deferred[dict[str, Any]]:
         if protocol is not self._protocol:
             return fail(HubConnectionError(f"the connection to the hub at {self.url} was lost"))
-        if len(self._pending) >= self.limits.max_pending:
-            return fail(HubRequestError(
-                f"{len(self._pending)} calls are awaiting their answer on this connection "
-                f"(max_pending {self.limits.max_pending}); wait for some first",
-                "limit", request.get("v"),
-            ))
+        refused = self.limits.pending_refusal(len(self._pending), request.get("v"))
+        if refused is not None:
+            return fail(refused)
         ref = self._next_ref
         self._next_ref += 1
 

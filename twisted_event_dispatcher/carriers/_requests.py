@@ -73,7 +73,9 @@ _TOO_DEEP = (
     f"data must not nest deeper than {MAX_DEPTH} levels "
     f"(a request, around it: {MAX_FRAME_DEPTH})"
 )
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+#: Strict JSON: NaN, infinities and numbers out of a double's range are refused (browsers'
+#: ``JSON.parse`` would not read them back). Shared with the control socket's lines.
+strict_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 def parse_request(payload: bytes) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def parse_request(payload: bytes) -> dict[str, Any]:
     if too_deep and nested_deeper_than(text, PARSE_DEPTH):
         raise BadRequest(_TOO_DEEP)
     try:
-        request = _decoder.decode(text)
+        request = strict_decoder.decode(text)
     except RecursionError:
         raise BadRequest(_TOO_DEEP) from None
     except ValueError as e:

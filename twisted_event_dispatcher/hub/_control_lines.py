@@ -6,15 +6,13 @@ WebSocket frame would carry), and telling a client's close from its half-close.
 
 from __future__ import annotations
 
-import json
-import math
 import select
 import socket
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from ..carriers._requests import clip
+from ..carriers._requests import clip, strict_decoder
 from ..carriers.base import QueueingCarrier
 from ..channels.base import Gap
 from ..channels.message import MAX_DEPTH, Message, encode_json, nested_deeper_than
@@ -28,19 +26,6 @@ __all__ = ["MAX_LINE_DEPTH", "WatchCarrier", "encode_line", "parse_line", "peer_
 
 _log = Logger(namespace="twisted_event_dispatcher.hub")
 
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
-
-
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 #: How deeply a line may nest: its object, and data of up to MAX_DEPTH levels in it.
 MAX_LINE_DEPTH = MAX_DEPTH + 1
@@ -60,7 +45,7 @@ def parse_line(line: bytes) -> dict[str, Any]:
     if nested_deeper_than(text, MAX_LINE_DEPTH):
         raise ControlError("bad_request", _TOO_DEEP)
     try:
-        value = _decoder.decode(text)
+        value = strict_decoder.decode(text)
     except RecursionError:
         raise ControlError("bad_request", _TOO_DEEP) from None
     except ValueError as e:
