@@ -3,21 +3,29 @@ Drive the hub's demo page in headless Chromium (Debian's package) with Playwrigh
 a separate process by test_browser.py:
 
     python tests/_browser.py URL SCREENSHOT [listeners CONTROL_SOCKET]
+    python tests/_browser.py URL ARTIFACTS polish
 
 Prints one JSON line with what the page showed. With ``listeners``, drives the Listeners
 panel instead (register, listen, dispatch, ack, answer two requests sent over the
-control socket with reply and fail, a bad dispatch, reconnect, remove).
+control socket with reply and fail, a bad dispatch, reconnect, remove). With ``polish``,
+looks at the page at 1280 and 420 px wide (ARTIFACTS/demo-WIDTH.png): what it shows on
+load, how it shows data, its layout, its keyword hint, and what the console says.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import sys
+import urllib.request
+from typing import Any
 
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
+# test_browser.py checked that there is one on PATH (tests/_deps.py), else skipped.
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless=new",
     "--no-sandbox",
@@ -30,17 +38,27 @@ FLAGS = [
 ]
 
 
+def watch(page: Page) -> list[str]:
+    """
+    What went wrong on ``page``, as it happens: script errors, console errors (a 404, a
+    Content-Security-Policy violation, a failed load), requests that failed.
+    """
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda m: errors.append(f"console: {m.text} {m.location}") if m.type == "error" else None,
+    )
+    page.on("requestfailed", lambda r: errors.append(f"failed: {r.url} {r.failure}"))
+    return errors
+
+
 def main(url: str, screenshot: str) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1200, "height": 820})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
         # the hub's Content-Security-Policy must not block anything the page does
-        page.on(
-            "console",
-            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
+        errors = watch(page)
         page.goto(url)
         page.wait_for_selector('#status[data-state="open"]', timeout=15000)
 
@@ -101,12 +119,7 @@ def listeners(url: str, screenshot: str, control: str) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on(
-            "console",
-            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
+        errors = watch(page)
         page.goto(url)
         page.wait_for_selector('#status[data-state="open"]', timeout=15000)
 
@@ -206,8 +219,117 @@ def listeners(url: str, screenshot: str, control: str) -> None:
     sys.stdout.write(json.dumps(result) + "\n")
 
 
+def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /events`` from outside the page (as curl would); the hub's answer."""
+    request = urllib.request.Request(
+        url + "events", json.dumps(body).encode(), {"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+#: Rendered with innerHTML, either would add an element (and run script).
+HOSTILE = "<img src=x onerror=document.title=1>"
+#: Measures the layout: overflow, and where the panels are.
+LAYOUT = """() => {
+    const box = (id) => document.getElementById(id).getBoundingClientRect().toJSON();
+    return {scrollWidth: document.documentElement.scrollWidth, innerWidth,
+            log: box("log-panel"), fire: box("fire-panel"),
+            subscriptions: box("subscriptions-panel"), listeners: box("listeners-panel")};
+}"""
+#: The data cell of the row of ``event``: one line of code, or a folded <details>.
+DATA_CELL = """(event) => {
+    const row = [...document.querySelectorAll("#log-body tr.fresh")]
+        .find(r => r.cells[2].textContent === event);
+    if (!row) return null;
+    const cell = row.cells[3];
+    const code = cell.querySelector(":scope > code.json");
+    const details = cell.querySelector(":scope > details.json");
+    return {lines: code ? code.getClientRects().length : null, text: cell.innerText,
+            details: Boolean(details), open: details ? details.open : null,
+            summary: details ? details.querySelector("summary").innerText : null,
+            images: document.querySelectorAll("#log-body img").length};
+}"""
+
+
+def look(page: Page, url: str, width: int, screenshot: str) -> dict[str, Any]:
+    """The polish checks at one width (see :func:`polish`)."""
+    page.set_viewport_size({"width": width, "height": 900})
+    errors = watch(page)
+    page.goto(url)
+    page.wait_for_selector('#status[data-state="open"]', timeout=15000)
+    # Subscribed on load: the hub confirmed "*" without a click; the box is left empty.
+    page.wait_for_selector('#subscriptions li[data-event="*"][data-state="subscribed"]')
+    header = {name: page.text_content(f"#{name}") for name in ("channel", "epoch", "last-id")}
+    box = page.input_value("#subscribe-event")
+
+    small = {"text": "hi", "n": width}
+    big = {"items": [{"i": i, "name": f"item {i}"} for i in range(30)], "note": HOSTILE}
+    post(url, {"event": "small", "data": small})
+    post(url, {"event": "hostile", "data": HOSTILE})
+    fired = post(url, {"event": "big", "data": big})
+    page.wait_for_function(f"() => ({DATA_CELL})('big') !== null")
+    cells = {name: page.evaluate(DATA_CELL, name) for name in ("small", "big", "hostile")}
+    page.click("#log-body tr.fresh details.json summary")
+    opened = page.evaluate(
+        "() => JSON.parse(document.querySelector('#log-body details.json[open] pre').textContent)"
+    )
+    last_id = page.text_content("#last-id")
+    favicon = page.evaluate(
+        """async () => {
+            const href = document.querySelector('link[rel="icon"]').href;
+            const answer = await fetch(href);
+            return [answer.status, answer.headers.get("content-type")];
+        }"""
+    )
+    clean = list(errors)  # before a refused keyword: the browser logs every 400 it gets
+
+    page.fill("#fire-keywords", '{"colour": "red"}')
+    page.click("#fire-button")
+    page.wait_for_selector("#keyword-hint:not([hidden])")
+    hint = page.text_content("#keyword-hint")
+    layout = page.evaluate(LAYOUT)  # (with the hint shown: it must fit too)
+    page.screenshot(path=screenshot, full_page=True)
+    page.fill("#fire-keywords", '{"user": "bob"}')
+    page.click("#fire-button")
+    page.wait_for_selector("#fire-result.ok")
+    return {
+        "errors": clean,
+        "refused_errors": errors[len(clean):],
+        "header": header,
+        "box": box,
+        "cells": cells,
+        "opened": opened,
+        "sent": {"small": small, "big": big, "hostile": HOSTILE},
+        "fired": fired,
+        "last_id": last_id,
+        "favicon": favicon,
+        "hint": hint,
+        "hint_hidden_after": page.is_hidden("#keyword-hint"),
+        "layout": layout,
+        "title": page.title(),
+    }
+
+
+def polish(url: str, artifacts: str) -> None:
+    """The page at 1280 and 420 px wide, each in a fresh page of one browser."""
+    result: dict[str, Any] = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        for width in (1280, 420):
+            page = browser.new_page()
+            screenshot = os.path.join(artifacts, f"demo-{width}.png")
+            result[str(width)] = look(page, url, width, screenshot)
+            page.close()
+        browser.close()
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
 if __name__ == "__main__":
-    if sys.argv[3:4] == ["listeners"]:
+    if sys.argv[3:4] == ["polish"]:
+        polish(sys.argv[1], sys.argv[2])
+    elif sys.argv[3:4] == ["listeners"]:
         listeners(sys.argv[1], sys.argv[2], sys.argv[4])
     else:
         main(sys.argv[1], sys.argv[2])

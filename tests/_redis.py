@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -16,9 +15,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
+from tests._deps import require_binary
 from twisted_event_dispatcher.channels.redis import RedisStreamChannel
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def free_port() -> int:
@@ -46,12 +44,14 @@ class _Output(ProcessProtocol):
 
 
 class RedisServer:
-    """``redis-server`` with its own port and directory; ``persistent`` keeps an AOF."""
+    """
+    ``redis-server`` with its own port and directory; ``persistent`` keeps an AOF. Every
+    Redis test makes one first: without a redis-server on PATH the test skips, saying how
+    to install it (fails in CI; tests/_deps.py).
+    """
 
     def __init__(self, password: str | None = None, persistent: bool = True) -> None:
-        assert os.path.exists(REDIS_SERVER), (
-            "redis-server is missing: scripts/test installs it (apt-get install redis-server)"
-        )
+        self.binary = require_binary("redis-server")
         self.port = free_port()
         self.password = password
         self.persistent = persistent
@@ -65,14 +65,14 @@ class RedisServer:
 
     async def start(self) -> None:
         args = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
             "--save", "", "--daemonize", "no", "--protected-mode", "no",
             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
         ]
         if self.password:
             args += ["--requirepass", self.password]
         self.process = _Output()
-        reactor.spawnProcess(self.process, REDIS_SERVER, args, env={})
+        reactor.spawnProcess(self.process, self.binary, args, env={})
         await self.process.ready
 
     async def kill(self, signal: str = "KILL") -> None:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from tests._deps import require_binary
 from tests._log import LogCapture
 from tests._redis import RedisServer
 from twisted_event_dispatcher import EventDispatcher
@@ -35,8 +36,18 @@ settings.load_profile("ci")
 KEYWORDS = ("event_type", "user", "role")
 
 
+@pytest.fixture
+def redis_binary() -> str:
+    """
+    redis-server's path: without one on PATH the test skips, saying how to install it
+    (fails in CI). A plain fixture, which the Redis fixtures below depend on: an async
+    pytest-twisted fixture that skips breaks the next test that uses it.
+    """
+    return require_binary("redis-server")
+
+
 @pytest_twisted.async_yield_fixture
-async def redis() -> AsyncIterator[RedisServer]:
+async def redis(redis_binary: str) -> AsyncIterator[RedisServer]:
     """A private redis-server with an append-only file (a restart keeps the streams)."""
     server = RedisServer()
     await server.start()
@@ -45,7 +56,7 @@ async def redis() -> AsyncIterator[RedisServer]:
 
 
 @pytest_twisted.async_yield_fixture
-async def volatile() -> AsyncIterator[RedisServer]:
+async def volatile(redis_binary: str) -> AsyncIterator[RedisServer]:
     """A Redis without persistence: a restart loses every stream."""
     server = RedisServer(persistent=False)
     await server.start()

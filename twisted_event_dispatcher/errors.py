@@ -269,3 +269,20 @@ class ListenerLimitError(EventDispatcherError):
             f"channel {channel!r} has {limit} listeners, the hub's limit (--max-listeners); "
             "remove one first"
         )
+
+
+class MissingExtraError(EventDispatcherError, ImportError):
+    """
+    A module of an optional part (the Redis channel) was imported, but its dependencies
+    were not installed. The message is one line naming the extra that installs them, e.g.
+    ``txredisapi is not installed: the Redis channel needs the 'redis' extra: pip install
+    'twisted_event_dispatcher[redis]'``; ``name`` is the missing module.
+    """
+
+    def __init__(self, module: str, extra: str, part: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{module} is not installed: {part} needs the {extra!r} extra: "
+            f"pip install 'twisted_event_dispatcher[{extra}]'",
+            name=module,
+        )

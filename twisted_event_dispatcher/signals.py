@@ -136,6 +136,9 @@ class Signal:
     #: ``send(sender=...)`` names the sender; False for the meta-signals, whose receivers
     #: get ``sender`` (the connect call's) as an ordinary keyword argument.
     _sender_keyword = True
+    #: How ``connect``, ``disconnect`` and ``receivers_for`` key a sender (a hook: the
+    #: blinker compatibility layer keys unhashable senders by identity too).
+    _sender_key = staticmethod(_sender_key)
 
     def __init__(self, doc: str | None = None) -> None:
         if doc:
@@ -168,7 +171,7 @@ class Signal:
         """
         if not callable(receiver):
             raise TypeError(f"a receiver must be callable, got {type(receiver).__name__}")
-        sender_key = _ANY_KEY if sender is ANY else _sender_key(sender)
+        sender_key = _ANY_KEY if sender is ANY else self._sender_key(sender)
         receiver_key = _receiver_key(receiver)
         with self._lock:
             self._handlers.reap()
@@ -210,7 +213,7 @@ class Signal:
             if sender is ANY:
                 doomed = list(connections.values())
             else:
-                one = connections.get(_sender_key(sender))
+                one = connections.get(self._sender_key(sender))
                 doomed = [] if one is None else [one]
             for registration in doomed:
                 self._handlers.remove(registration)
@@ -253,7 +256,7 @@ class Signal:
 
     def receivers_for(self, sender: object) -> Iterator[Callable[..., Any]]:
         """The live receivers a send by ``sender`` would call, in connection order."""
-        keywords = {} if sender is ANY else {"sender": _sender_key(sender)}
+        keywords = {} if sender is ANY else {"sender": self._sender_key(sender)}
         for registration in self._lookup(keywords):
             receiver = registration.handler
             if receiver is not None and registration.active:

@@ -33,7 +33,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-import txredisapi
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -47,8 +46,16 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..errors import ChannelUnavailableError
+from ..errors import ChannelUnavailableError, MissingExtraError
 from ..interfaces import ICarrier
+
+try:
+    import txredisapi
+except ModuleNotFoundError as e:  # the 'redis' extra is not installed: say so in one line
+    if e.name != "txredisapi":
+        raise
+    raise MissingExtraError("txredisapi", "redis", "the Redis channel") from None
+
 from ._redis_connect import (
     RedisURL,
     close_quietly,

@@ -13,13 +13,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from ..channels.message import encode_json
 from ._security import SECURITY_HEADERS
@@ -169,6 +176,7 @@ class _Refused(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionLimit(WrappingFactory):
     """
     Wraps a server factory: at most ``max_connections`` of its connections are open at
@@ -194,6 +202,14 @@ class ConnectionLimit(WrappingFactory):
         self.refused = 0
         self._reported = 0
         self._warned_at: float | None = None
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        ALPN: HTTP/1.1, which the hub's connections speak. Without it a TLS ``--listen``
+        (``ssl:``) would fail the handshake of every client that offers ALPN, browsers
+        included (Twisted finds no protocol in common behind a wrapping factory).
+        """
+        return [b"http/1.1"]
 
     @property
     def open_connections(self) -> int:

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from ..carriers.websocket import origin_patterns
 from ..channels.base import check_event_name
+from ..errors import MissingExtraError
 
 __all__ = ["HubOptions", "listen_interface"]
 
@@ -187,8 +188,10 @@ class HubOptions(usage.Options):
         except (TypeError, ValueError) as e:
             raise usage.UsageError(f"--channel-name: {e}") from None
         if self["channel"] == "redis":
-            from ..channels.redis import parse_redis_url
-
+            try:
+                from ..channels.redis import parse_redis_url
+            except MissingExtraError as e:  # one line naming the extra, not a traceback
+                raise usage.UsageError(str(e)) from None
             try:
                 parse_redis_url(self["redis-url"])
             except ValueError as e:

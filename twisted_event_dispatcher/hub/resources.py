@@ -19,7 +19,7 @@ from twisted.web.static import File
 
 from ..channels.base import check_event_name
 from ..channels.message import MAX_DEPTH, encode_json, nested_deeper_than
-from ..errors import InvalidDataError
+from ..errors import InvalidDataError, UnknownKeywordError
 from ..results import FireResult
 from ._health import health_report
 from ._limits import _response
@@ -240,7 +240,11 @@ class HubRequest(Request):
 
 
 class EventsResource(Resource):
-    """``POST /events``: ``{"event": name, "keywords": {...}, "data": ...}`` -> 202."""
+    """
+    ``POST /events``: ``{"event": name, "keywords": {...}, "data": ...}`` -> 202. A keyword
+    the hub was not started with (``--keyword``) is a 400 whose answer also lists the
+    accepted ones as ``"allowed_keywords"`` (sorted), for a client to explain the refusal.
+    """
 
     isLeaf = True
     allowedMethods = (b"POST",)
@@ -263,7 +267,10 @@ class EventsResource(Resource):
         try:
             d = hub.dispatcher.fire_event({"event": event, "data": data}, **keywords)
         except (TypeError, ValueError) as e:  # unknown keyword, unhashable value
-            return respond(request, 400, {"error": f"keywords: {e}"})
+            refusal: dict[str, Any] = {"error": f"keywords: {e}"}
+            if isinstance(e, UnknownKeywordError):
+                refusal["allowed_keywords"] = list(e.allowed)
+            return respond(request, 400, refusal)
         finished: list[object] = []
         request.notifyFinish().addBoth(finished.append)
         d.addCallbacks(

@@ -1,13 +1,19 @@
 // The event hub's demo page: one WebSocket, subscriptions that survive reconnects (each
 // resumes after the last offset it saw), and a form that POSTs to /events.
+// Event data comes from whoever may POST: it is only ever put in the page as text
+// (textContent, text nodes), never as HTML.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const subscriptions = new Map();  // event name -> {since: last id seen or null}
+// event name -> {since: last id seen or null, subscribed: the hub confirmed it on this socket}
+const subscriptions = new Map();
 let socket = null;
 let epoch = null;
 let retry = 500;
 let reconnects = 0;
+let headerSet = false;  // the header shows a frame's channel/epoch/last id (not /health's)
+const MAX_LOG_ROWS = 500;
+const SMALL_JSON = 40;  // characters: data this short is shown on one line, longer folded
 
 function wsUrl() {
   const url = new URL("ws", location.href);
@@ -53,6 +59,27 @@ function send(message) {
   if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(message));
 }
 
+// The channel, its epoch and its last id in the header (null: nothing published yet).
+function showChannel(channel, epochText, lastId) {
+  $("channel").textContent = channel;
+  $("epoch").textContent = epochText;
+  $("last-id").textContent = lastId ?? "none yet";
+}
+
+// Before the first frame (or if the WebSocket cannot connect, e.g. for want of a token):
+// the header from /health, which answers without a token.
+async function loadHealth() {
+  try {
+    const response = await fetch("health", {cache: "no-store"});
+    const health = await response.json();
+    if (!headerSet && health.channel) {
+      showChannel(health.channel.name, health.channel.epoch, health.channel.last_id);
+    }
+  } catch (error) {
+    // the WebSocket's status says what is wrong; its first frame fills the header
+  }
+}
+
 function subscribeRequest(event, state) {
   const request = {type: "subscribe", event};
   if (state.since !== null && epoch) Object.assign(request, {since: state.since, epoch});
@@ -67,16 +94,16 @@ function handle(message) {
       }
       epoch = message.epoch;
       $("last-id").textContent = message.id;
-      row([time(), message.id, message.event, JSON.stringify(message.data, null, 1)]);
+      row([time(), String(message.id), message.event, dataView(message.data)]);
       break;
     }
     case "subscribed": {
       epoch = epoch || message.epoch;
-      $("channel").textContent = message.channel;
-      $("epoch").textContent = message.epoch;
-      $("last-id").textContent = message.last_id ?? "–";
+      headerSet = true;
+      showChannel(message.channel, message.epoch, message.last_id);
       const state = subscriptions.get(message.event);
       if (state && state.since === null) state.since = message.last_id ?? 0;
+      if (state) state.subscribed = true;
       if (message.replayed) notice(`resumed '${message.event}': ${message.replayed} missed event(s) replayed`);
       renderSubscriptions();
       break;
@@ -108,17 +135,65 @@ function time() {
     String(new Date().getMilliseconds()).padStart(3, "0");
 }
 
+// A JSON value's one-line form, spaced like Python's json.dumps: {"a": 1, "b": [2, 3]}.
+// (JSON.stringify escapes line breaks inside strings: each one left is indentation.)
+function oneLine(value) {
+  const text = JSON.stringify(value, null, 1);
+  if (text === undefined) return "null";
+  return text.replace(/([[{])\n */g, "$1").replace(/\n *([\]}])/g, "$1")
+    .replace(/\n */g, " ");
+}
+
+// How big a folded value is, for its summary: "12 keys", "40 items", "3000 characters".
+function sizeOf(value, text) {
+  if (Array.isArray(value)) return `${value.length} items, ${text.length} chars`;
+  if (value && typeof value === "object") {
+    return `${Object.keys(value).length} keys, ${text.length} chars`;
+  }
+  return `${text.length} chars`;
+}
+
+// Data as a node: a small value as one line of code; a big one as a <details> whose
+// summary is its beginning (and size) and whose body is the whole value, indented.
+function dataView(value) {
+  const text = oneLine(value);
+  if (text.length <= SMALL_JSON) {
+    const code = document.createElement("code");
+    code.className = "json";
+    code.textContent = text;
+    return code;
+  }
+  const details = document.createElement("details");
+  details.className = "json";
+  const summary = document.createElement("summary");
+  let start = text.slice(0, 160);
+  if (/[\uD800-\uDBFF]$/.test(start)) start = start.slice(0, -1);  // not half a pair
+  const size = document.createElement("span");
+  size.className = "size";
+  size.textContent = `(${sizeOf(value, text)})`;
+  const preview = document.createElement("code");
+  preview.textContent = start;
+  summary.append(size, preview);
+  const pre = document.createElement("pre");
+  pre.textContent = JSON.stringify(value, null, 2);
+  details.append(summary, pre);
+  return details;
+}
+
+// A row of the events log: each cell a string (as text) or a node built by dataView.
 function row(cells, kind) {
   const tr = document.createElement("tr");
   tr.className = kind ? `notice ${kind}` : "fresh";
-  cells.forEach((text, i) => {
+  cells.forEach((content, i) => {
     const td = document.createElement("td");
-    td.textContent = text;
+    td.append(content);
     if (i === 3) td.className = "data";
     tr.appendChild(td);
   });
   if (kind) { tr.firstChild.nextSibling.colSpan = 3; tr.removeChild(tr.lastChild); tr.removeChild(tr.lastChild); }
-  $("log-body").prepend(tr);
+  const body = $("log-body");
+  body.prepend(tr);
+  while (body.rows.length > MAX_LOG_ROWS) body.lastElementChild.remove();
   $("empty").hidden = true;
 }
 
@@ -127,9 +202,11 @@ function notice(text, kind = "info") { row([time(), text, "", ""], kind); }
 function renderSubscriptions() {
   const list = $("subscriptions");
   list.replaceChildren();
-  for (const event of subscriptions.keys()) {
+  for (const [event, state] of subscriptions) {
     const li = document.createElement("li");
     li.dataset.event = event;
+    li.dataset.state = state.subscribed ? "subscribed" : "pending";
+    li.title = state.subscribed ? "subscribed" : "waiting for the hub to confirm";
     li.append(event === "*" ? "* (everything)" : event);
     const remove = document.createElement("button");
     remove.type = "button";
@@ -145,14 +222,35 @@ function renderSubscriptions() {
   }
 }
 
+function subscribe(event) {
+  if (!event || subscriptions.has(event)) return;
+  subscriptions.set(event, {since: null, subscribed: false});
+  send(subscribeRequest(event, {since: null}));  // (before the socket opens: onopen sends it)
+  renderSubscriptions();
+}
+
 $("subscribe-form").onsubmit = (e) => {
   e.preventDefault();
-  const event = $("subscribe-event").value.trim();
-  if (!event || subscriptions.has(event)) return;
-  subscriptions.set(event, {since: null});
-  send(subscribeRequest(event, {since: null}));
-  renderSubscriptions();
+  subscribe($("subscribe-event").value.trim());
+  $("subscribe-event").value = "";
 };
+
+// A refused keyword: say that the hub accepts only those it was started with, and which.
+function keywordHint(allowed) {
+  const hint = $("keyword-hint");
+  const option = document.createElement("code");
+  option.textContent = "--keyword NAME";
+  if (allowed.length) {
+    const names = document.createElement("code");
+    names.textContent = allowed.join(", ");
+    hint.replaceChildren("This hub accepts only the keywords it was started with (",
+      option, ", once for each): ", names, ".");
+  } else {
+    hint.replaceChildren("This hub was started without keywords, so it accepts none: leave ",
+      "Keywords as {}, or restart it with ", option, " (once for each keyword).");
+  }
+  hint.hidden = false;
+}
 
 $("fire-form").onsubmit = async (e) => {
   e.preventDefault();
@@ -171,10 +269,19 @@ $("fire-form").onsubmit = async (e) => {
   }
   const headers = {"content-type": "application/json"};
   if ($("token").value) headers.authorization = `Bearer ${$("token").value}`;
-  const response = await fetch("events", {method: "POST", headers, body: JSON.stringify(body)});
-  const answer = await response.json();
+  let response, answer;
+  try {
+    response = await fetch("events", {method: "POST", headers, body: JSON.stringify(body)});
+    answer = await response.json();
+  } catch (error) {
+    say(output, `no answer from the hub: ${error.message}`, false);
+    return;
+  }
   output.className = response.ok ? "ok" : "error";
   output.textContent = response.ok ? `fired: id ${answer.id}` : `${response.status}: ${answer.error}`;
+  // (the hub lists its keywords with an unknown-keyword refusal)
+  if (Array.isArray(answer.allowed_keywords)) keywordHint(answer.allowed_keywords);
+  else $("keyword-hint").hidden = true;
 };
 
 // -- Listeners panel: the control plane's request types, on the same WebSocket ------------
@@ -229,6 +336,8 @@ function answered(message) {
 }
 
 function connectionLost() {
+  for (const state of subscriptions.values()) state.subscribed = false;
+  renderSubscriptions();
   for (const {output, failed} of pending.values()) {
     say(output, "connection lost before the answer: it may or may not have been done", false);
     failed(null);
@@ -352,11 +461,11 @@ function showMail(mail) {
   tr.dataset.listener = mail.listener;
   tr.dataset.id = mail.id;
   const source = mail.request ? `${mail.source} (request)` : mail.source;
-  const cells = [time(), mail.listener, mail.id, mail.event, JSON.stringify(mail.data), source,
+  const cells = [time(), mail.listener, mail.id, mail.event, dataView(mail.data), source,
     mail.deliveries];
-  cells.forEach((text, i) => {
+  cells.forEach((content, i) => {
     const td = document.createElement("td");
-    td.textContent = String(text);
+    td.append(typeof content === "object" ? content : String(content));
     if (i === 4) td.className = "data";
     tr.appendChild(td);
   });
@@ -423,4 +532,6 @@ $("clear").onclick = () => { $("log-body").replaceChildren(); $("empty").hidden 
 $("reconnect").onclick = () => { if (socket) socket.close(); };
 for (const el of document.querySelectorAll(".origin")) el.textContent = location.origin;
 
+subscribe("*");  // everything, from the start: the box is left empty for more
+loadHealth();
 connect();
